@@ -1,0 +1,74 @@
+"""``build-dataset``: run a recipe's stages in order, resumably, in one project directory.
+
+Stages so far: import → screen → dedup → select. Each is skipped or resumed
+from what the catalog already holds, so re-running the same command continues
+an interrupted build and redoes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dftflow.config.recipe import STAGES, Recipe, Stage
+from dftflow.errors import ConfigError
+from dftflow.project import Project
+from dftflow.screening import stages as st
+
+
+def save_recipe(project: Project, recipe: Recipe) -> None:
+    """Keep the recipe a project was built with, so single-step commands reuse its settings."""
+    project.root.mkdir(parents=True, exist_ok=True)
+    data = recipe.model_dump(mode="json", by_alias=True)
+    data["_base_dir"] = str(recipe.base_dir)
+    (project.root / "recipe.json").write_text(json.dumps(data, indent=2))
+
+
+def project_recipe(project: Project) -> Recipe | None:
+    path = project.root / "recipe.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    base = Path(data.pop("_base_dir", "."))
+    try:
+        recipe = Recipe.model_validate(data)
+    except Exception as exc:
+        raise ConfigError(f"{path}: stored recipe is invalid ({exc}); re-run build-dataset") from exc
+    recipe.base_dir = base
+    return recipe
+
+
+def build_dataset(recipe: Recipe, project: Project, *, until: Stage = "select", workers: int | None = None,
+                  progress: st.Progress | None = None, figures: bool = True) -> dict[str, Any]:
+    """Run the recipe's stages up to and including ``until``; returns a summary per stage."""
+    if until not in STAGES:
+        raise ConfigError(f"--until {until!r}: expected one of {', '.join(STAGES)}")
+    workers = workers or recipe.workers
+    summary: dict[str, Any] = {"recipe": recipe.name, "project": str(project.root), "stages": {}}
+    with project.locked("build-dataset"):
+        save_recipe(project, recipe)
+        catalog = project.catalog()
+        try:
+            for stage in STAGES[: STAGES.index(until) + 1]:
+                t0 = time.perf_counter()
+                if stage == "import":
+                    result = st.run_import(catalog, recipe, workers=workers, progress=progress)
+                elif stage == "screen":
+                    result = st.run_screen(catalog, recipe.screening, workers=workers, progress=progress)
+                elif stage == "dedup":
+                    result = st.run_dedup(catalog, recipe.screening, workers=workers, progress=progress)
+                else:
+                    result = st.run_select(catalog, recipe.selection)
+                summary["stages"][stage] = {**result, "seconds": round(time.perf_counter() - t0, 3)}
+            summary["funnel"] = st.funnel(catalog)
+            if figures:
+                from dftflow.screening.report import write_figures
+
+                summary["figures"] = [str(p) for p in write_figures(catalog, project.figures_dir)]
+            summary["versions"] = st.versions()
+        finally:
+            catalog.close()
+    (project.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

@@ -1,0 +1,43 @@
+"""``dftflow build-dataset``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dftflow.cli.common import JsonOpt, ProjectOpt, RichProgress, WorkersOpt, console, print_json
+from dftflow.cli.tables import funnel_table
+from dftflow.config.recipe import STAGES, load_recipe
+from dftflow.project import Project
+
+
+def build_dataset(
+    recipe: Annotated[str, typer.Argument(help="Recipe: a bundled name (see `dftflow recipes list`) or a YAML path.")],
+    until: Annotated[str, typer.Option("--until", help=f"Last stage to run: {', '.join(STAGES)}.")] = STAGES[-1],
+    project: ProjectOpt = None,
+    workers: WorkersOpt = None,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write PNG figures.")] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """Build a dataset from a recipe: import, screen, deduplicate and select structures (resumable)."""
+    from dftflow.build import build_dataset as run
+
+    loaded = load_recipe(recipe)
+    root = Path(project).resolve() if project else loaded.project_dir()
+    with RichProgress(enabled=not json_) as progress:
+        summary = run(loaded, Project(root), until=until, workers=workers,  # type: ignore[arg-type]
+                      progress=progress, figures=figures)
+    if json_:
+        print_json(summary)
+        return
+    console.print(funnel_table(summary["funnel"], title=f"{loaded.name}: screening funnel"))
+    for name, info in summary["stages"].get("select", {}).items():
+        if isinstance(info, dict) and "size" in info:
+            console.print(f"selection [bold]{name}[/]: {info['size']} of {info['eligible']} eligible; "
+                          f"element-distribution distance to the pool {info['tv_distance']:.3f} "
+                          f"(random subset: {info['tv_distance_random']:.3f})")
+    for fig in summary.get("figures", []):
+        console.print(f"figure: {fig}")
+    console.print(f"project: {root}")

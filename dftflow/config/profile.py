@@ -1,0 +1,69 @@
+"""Cluster profiles (``cluster_profiles/*.yaml``): where and how jobs run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from dftflow.config.base import StrictModel, load_yaml_model
+from dftflow.resources import resolve
+
+_WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
+
+
+class SlurmSettings(StrictModel):
+    account: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    nodes: int = Field(default=1, gt=0)
+    ntasks_per_node: int = Field(default=1, gt=0)
+    cpus_per_task: int = Field(default=1, gt=0)
+    walltime: str = Field(default="01:00:00", description="[D-]HH:MM:SS")
+    modules: list[str] = Field(default_factory=list)
+    pre_run: list[str] = Field(default_factory=list, description="shell lines before the launcher")
+    extra_directives: list[str] = Field(default_factory=list, description="more #SBATCH lines")
+    max_queued: int = Field(default=50, gt=0, description="jobs in the queue at once")
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, value: str) -> str:
+        if not _WALLTIME.match(value):
+            raise ValueError("walltime must look like HH:MM:SS or D-HH:MM:SS")
+        return value
+
+
+class StoreSettings(StrictModel):
+    type: Literal["file", "mongodb"] = "file"
+    path: str | None = Field(default=None, description="file store, relative to the project")
+    uri: str | None = Field(default=None, description="MongoDB URI for type: mongodb")
+
+    @model_validator(mode="after")
+    def _uri(self) -> StoreSettings:
+        if self.type == "mongodb" and not self.uri:
+            raise ValueError("store.type mongodb needs store.uri")
+        return self
+
+
+class ClusterProfile(StrictModel):
+    name: str
+    description: str = ""
+    scheduler: Literal["local", "slurm"] = "local"
+    workers: int = Field(default=2, gt=0, description="local worker processes")
+    slurm: SlurmSettings | None = None
+    commands: dict[str, str] = Field(default_factory=dict, description="engine commands, e.g. vasp_std")
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    pack: int = Field(default=1, gt=0, description="structures run in one allocation")
+
+    @model_validator(mode="after")
+    def _slurm(self) -> ClusterProfile:
+        if self.scheduler == "slurm" and self.slurm is None:
+            raise ValueError("scheduler: slurm needs a slurm: section")
+        return self
+
+
+def load_profile(name_or_path: str | Path) -> ClusterProfile:
+    """Load a cluster profile by bundled name (``local``) or path."""
+    return load_yaml_model(resolve("cluster_profiles", name_or_path), ClusterProfile)

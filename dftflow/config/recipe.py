@@ -1,0 +1,139 @@
+"""Recipes: what ``dftflow build-dataset`` does, declared in ``workflows/*.yaml``.
+
+Paths inside a recipe are relative to the recipe file, so a recipe and its
+structures can be copied around together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from dftflow.config.base import StrictModel, load_yaml_model
+from dftflow.resources import resolve
+
+Stage = Literal["import", "screen", "dedup", "select"]
+STAGES: tuple[Stage, ...] = ("import", "screen", "dedup", "select")
+
+
+class SourceSpec(StrictModel):
+    """One structure source.
+
+    ``type: cif`` takes a CIF file, a directory (searched recursively, COD mirror
+    layouts included) or a zip/tar(.gz) archive of CIFs. ``diffcsp`` takes the
+    ``eval_gen.pt``/``eval_diff.pt``/``eval_opt.pt`` files of DiffCSP, DiffCSP++ and
+    CDVAE. ``mattergen`` takes a zip of CIFs or an extxyz file.
+    """
+
+    type: Literal["cif", "diffcsp", "mattergen"]
+    path: str
+    label: str | None = Field(
+        default=None, description="database or generator name recorded as provenance (icsd, cod, ...)"
+    )
+    pattern: str = Field(default="*.cif", description="file glob inside directories")
+
+
+class OrderSettings(StrictModel):
+    enabled: bool = True
+    min_distance: float = Field(default=0.5, ge=0, description="Å; closer atoms mean a broken structure")
+
+
+class ElectroneutralitySettings(StrictModel):
+    """SMACT charge-neutrality test on the integer element composition."""
+
+    enabled: bool = True
+    oxidation_states_set: str = Field(
+        default="icsd24", description="SMACT oxidation-state set (icsd24, icsd16, smact14, pymatgen_sp, wiki)"
+    )
+    mixed_valence: bool = Field(
+        default=False,
+        description="let atoms of one element take different oxidation states (Fe3O4 passes)",
+    )
+    pauling_test: bool = True
+    include_alloys: bool = Field(default=True, description="all-metal compositions pass")
+    max_combinations: int = Field(
+        default=200_000, gt=0,
+        description="oxidation-state combinations above which the outcome is 'undetermined'",
+    )
+
+
+class SymmetrySettings(StrictModel):
+    symprec: float = Field(default=0.1, gt=0, description="Å, spglib symprec")
+    angle_tolerance: float = Field(default=5.0, description="degrees; -1 lets spglib choose")
+    reject_p1: bool = Field(default=True, description="space group 1 fails the filter")
+
+
+class DedupSettings(StrictModel):
+    """pymatgen StructureMatcher tolerances."""
+
+    enabled: bool = True
+    ltol: float = Field(default=0.2, gt=0)
+    stol: float = Field(default=0.3, gt=0)
+    angle_tol: float = Field(default=5.0, gt=0)
+
+
+class ScreeningSettings(StrictModel):
+    order: OrderSettings = Field(default_factory=OrderSettings)
+    max_atoms: int | None = Field(default=200, gt=0, description="sites per cell; null for no cap")
+    max_elements: int | None = Field(default=10, gt=0)
+    electroneutrality: ElectroneutralitySettings = Field(default_factory=ElectroneutralitySettings)
+    symmetry: SymmetrySettings = Field(default_factory=SymmetrySettings)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    timeout_s: float = Field(default=30.0, gt=0, description="bound on one structure's screening")
+
+
+class ImportSettings(StrictModel):
+    timeout_s: float = Field(default=20.0, gt=0, description="bound on one file's parse time")
+
+
+class SelectorSettings(StrictModel):
+    """A diverse subset, e.g. the structures that also get HSE06 statics."""
+
+    size: int = Field(gt=0)
+    max_atoms: int | None = Field(default=19, gt=0, description="ECD's HSE06 subset has < 20 atoms")
+    max_elements: int | None = Field(default=3, gt=0, description="unary, binary, ternary")
+    cover_elements: bool = True
+    cover_crystal_systems: bool = True
+    seed: int = 0
+
+
+class Recipe(StrictModel):
+    name: str
+    description: str = ""
+    project: str | None = Field(default=None, description="project directory (relative to the working directory)")
+    workers: Annotated[int, Field(gt=0)] = 2
+    sources: list[SourceSpec] = Field(min_length=1)
+    import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
+    screening: ScreeningSettings = Field(default_factory=ScreeningSettings)
+    selection: dict[str, SelectorSettings] = Field(default_factory=dict)
+
+    # Where the file came from; paths inside the recipe are relative to it.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("selection")
+    @classmethod
+    def _names(cls, value: dict[str, SelectorSettings]) -> dict[str, SelectorSettings]:
+        for name in value:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"selection name {name!r} must be letters, digits, '-' or '_'")
+        return value
+
+    def source_path(self, spec: SourceSpec) -> Path:
+        path = Path(spec.path).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def project_dir(self) -> Path:
+        if self.project is None:
+            return (Path.cwd() / f"{self.name}-project").resolve()
+        path = Path(self.project).expanduser()
+        return path if path.is_absolute() else (Path.cwd() / path).resolve()
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load a recipe by bundled name (``demo``) or path, validated strictly."""
+    path = resolve("workflows", name_or_path)
+    recipe = load_yaml_model(path, Recipe)
+    recipe.base_dir = path.parent
+    return recipe

@@ -1,0 +1,85 @@
+"""Deduplicate with pymatgen's StructureMatcher, bucketed so it scales.
+
+Two structures can only match if they have the same reduced formula, the same
+space group (at the screening ``symprec``) and the same number of sites in the
+primitive cell, so matching runs only inside buckets with that key. With many
+compositions the buckets are small and the cost grows about linearly with the
+number of structures instead of quadratically.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dftflow.parallel import run_tasks
+from dftflow.sources.records import unpack
+
+
+@dataclass(slots=True, frozen=True)
+class DedupItem:
+    uid: str
+    packed: dict[str, Any]
+    reduced_formula: str
+    spacegroup: int
+    n_primitive: int
+    priority: int = 0  # lower is preferred as the representative (e.g. database entries before generated)
+
+
+def bucket_key(item: DedupItem) -> str:
+    return f"{item.reduced_formula}|{item.spacegroup}|{item.n_primitive}"
+
+
+def _group_bucket(task: tuple[list[DedupItem], dict[str, float]]) -> list[list[str]]:
+    """Groups of matching uids inside one bucket, each ordered with its representative first."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    items, tol = task
+    items = sorted(items, key=lambda it: (it.priority, it.uid))
+    matcher = StructureMatcher(ltol=tol["ltol"], stol=tol["stol"], angle_tol=tol["angle_tol"],
+                               primitive_cell=True, scale=True, attempt_supercell=False)
+    structures = [unpack(it.packed) for it in items]
+    groups: list[list[int]] = []
+    # Greedy clustering against each group's representative: the representative is
+    # the preferred member, and every member matches it (not merely some member).
+    for i, s in enumerate(structures):
+        for group in groups:
+            if matcher.fit(structures[group[0]], s):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return [[items[i].uid for i in g] for g in groups]
+
+
+def deduplicate(
+    items: Iterable[DedupItem], *, ltol: float = 0.2, stol: float = 0.3, angle_tol: float = 5.0,
+    workers: int = 1, timeout: float | None = None,
+) -> Iterator[tuple[str, list[str] | None, str | None]]:
+    """Yield ``(bucket, groups, error)`` per bucket; ``groups`` lists uids, representative first.
+
+    Singleton buckets never reach the matcher. A bucket whose matching fails or
+    overruns ``timeout`` is yielded with its error, and its members are treated
+    as distinct by the caller.
+    """
+    buckets: dict[str, list[DedupItem]] = defaultdict(list)
+    for item in items:
+        buckets[bucket_key(item)].append(item)
+    tol = {"ltol": ltol, "stol": stol, "angle_tol": angle_tol}
+    multi = []
+    for key, members in buckets.items():
+        if len(members) == 1:
+            yield key, [[members[0].uid]], None
+        else:
+            multi.append((members, tol))
+    # Big buckets first so that the workers finish together.
+    multi.sort(key=lambda t: -len(t[0]))
+    for out in run_tasks(_group_bucket, multi, workers=workers, timeout=timeout, chunk_size=1,
+                         preload=("dftflow.screening.dedup",)):
+        key = bucket_key(out.task[0][0])
+        if out.error is not None:
+            yield key, [[it.uid] for it in out.task[0]], out.error
+        else:
+            yield key, out.result, None
