@@ -23,8 +23,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class TaskTimeout(Exception):
-    """Raised inside a task that ran past its bound."""
+class TaskTimeout(BaseException):
+    """Raised inside a task that ran past its bound.
+
+    A ``BaseException``, so that the ``except Exception`` clauses of the task's own
+    code (and of the libraries it calls) cannot swallow it and run on unbounded.
+    """
 
 
 @contextlib.contextmanager
@@ -73,7 +77,7 @@ def _run_chunk(func: Callable[[T], R], chunk: list[T], timeout: float | None) ->
         try:
             with time_limit(timeout):
                 out.append((func(task), None))
-        except Exception as exc:  # a task's failure is data, recorded with its reason
+        except (Exception, TaskTimeout) as exc:  # a task's failure is data, recorded with its reason
             out.append((None, _describe(exc)))
     return out
 
@@ -107,44 +111,55 @@ def run_tasks(
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
     # When a worker dies, the pool cannot tell which task killed it: every chunk
-    # that was in flight is retried one task at a time, and only a task that
-    # breaks a pool on its own is reported as failed.
+    # that was in flight is retried one task at a time ("isolated", in parallel);
+    # a single task that was in flight when a pool broke again is retried with
+    # nothing else in flight ("serial"), and only a task that breaks a pool on
+    # its own there is reported as failed.
     isolated: deque[list[T]] = deque()
+    serial: deque[list[T]] = deque()
     while True:
         broken = False
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            inflight: dict[Future, tuple[list[T], bool]] = {}
+            inflight: dict[Future, tuple[list[T], str]] = {}
 
             def submit_next() -> bool:
-                if isolated:
-                    chunk, alone = isolated.popleft(), True
+                if serial:
+                    if inflight:
+                        return False
+                    chunk, mode = serial.popleft(), "serial"
+                elif isolated:
+                    chunk, mode = isolated.popleft(), "isolated"
                 else:
-                    chunk, alone = next(chunks, None), False
+                    chunk, mode = next(chunks, None), "chunk"
                 if chunk is None:
                     return False
-                inflight[pool.submit(_run_chunk, func, chunk, timeout)] = (chunk, alone)
+                inflight[pool.submit(_run_chunk, func, chunk, timeout)] = (chunk, mode)
                 return True
 
-            for _ in range(2 * workers):
-                if not submit_next():
-                    break
+            def fill() -> None:
+                while len(inflight) < 2 * workers and submit_next():
+                    pass
+
+            fill()
             while inflight:
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    chunk, alone = inflight.pop(fut)
+                    chunk, mode = inflight.pop(fut)
                     try:
                         results = fut.result()
                     except BrokenProcessPool:
                         broken = True
-                        if alone:
+                        if mode == "serial":
                             yield Outcome(chunk[0], None, "worker process died while handling this entry")
+                        elif mode == "isolated":
+                            serial.append(chunk)
                         else:
                             isolated.extend([task] for task in chunk)
                         continue
                     for task, (res, err) in zip(chunk, results):
                         yield Outcome(task, res, err)
-                    if not broken:
-                        submit_next()
+                if not broken:
+                    fill()
         if not broken:
             return
 

@@ -7,10 +7,10 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from dftflow.catalog import Catalog
 from dftflow.errors import ProjectBusyError

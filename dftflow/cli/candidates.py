@@ -39,7 +39,8 @@ def import_(
     sources: Annotated[list[Path], typer.Argument(help="CIF files, directories, archives, .pt or extxyz files.")],
     project: ProjectArg = Path("dftflow-project"),
     type_: Annotated[str, typer.Option("--type", "-t", help="cif, diffcsp or mattergen.")] = "cif",
-    label: Annotated[str | None, typer.Option("--label", help="Source name recorded as provenance (icsd, cod, ...).")] = None,
+    label: Annotated[str | None, typer.Option(
+        "--label", help="Source name recorded as provenance (icsd, cod, ...).")] = None,
     workers: WorkersOpt = None,
     json_: JsonOpt = False,
 ) -> None:

@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,7 +37,7 @@ class RichProgress:
     """Adapter from the library's Progress protocol to a rich progress bar on stderr."""
 
     def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled and err_console.is_terminal or enabled == "force"
+        self.enabled = enabled and err_console.is_terminal
         self._progress: Progress | None = None
         self._task: Any = None
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-import numpy as np
 from pymatgen.core import Composition, Structure
 
-from dftflow.screening.base import Outcome, failed, passed, undetermined
+from dftflow.screening.base import Outcome, failed, passed
 
 
 @dataclass(kw_only=True)

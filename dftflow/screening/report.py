@@ -81,7 +81,7 @@ def plot_sizes(groups: dict[str, list[int]], path: Path) -> Path:
         bins = np.arange(0.5, max(values) + 1.5, max(1, (max(values) + 1) // 40))
         for label, vs in groups.items():
             if vs:
-                ax.hist(vs, bins=bins, alpha=0.6, label=f"{label} ({len(vs)})")
+                ax.hist(vs, bins=bins, histtype="step", linewidth=2, label=f"{label} ({len(vs)})")
         ax.legend()
     ax.set_xlabel("sites per cell")
     ax.set_ylabel("structures")

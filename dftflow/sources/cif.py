@@ -13,7 +13,7 @@ import re
 import warnings
 from typing import Any
 
-from pymatgen.core import Composition
+from pymatgen.core import Composition, DummySpecies, Element
 from pymatgen.io.cif import CifBlock, CifFile, CifParser
 
 from dftflow.sources.records import Imported, check_geometry, pack
@@ -27,6 +27,16 @@ _PAULING = re.compile(r"sm_isp_(SD\d+)", re.IGNORECASE)
 # A type symbol like 'NH3', 'OH' or 'CH2' is a group with its hydrogens left implicit
 # (pymatgen would read 'NH3' as nihonium).
 _H_GROUP = re.compile(r"^([A-Z][a-z]?)H\d*[+-]?$")
+# A type symbol proper: an element symbol, optionally with a charge ('Fe', 'Fe3+', 'O2-',
+# 'Fe2.5+', 'Li1+', 'C0+', 'O-2'; upper case as some programs write it: 'FE', 'CL').
+_TYPE_SYMBOL = re.compile(r"^([A-Za-z]{1,2})(?:\d+(?:\.\d+)?[+-]?|[+-]\d*(?:\.\d+)?)?$")
+# Aliases pymatgen's parser maps to an element on purpose (water and its atoms).
+_TYPE_ALIASES = {"Hw", "Ow", "Wat", "wat"}
+# Declared and parsed amounts agree within this (formula tags are rounded).
+_FORMULA_RTOL, _FORMULA_ATOL = 0.02, 0.01
+_SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz")
+_HM_TAGS = ("_symmetry_space_group_name_h-m", "_space_group_name_h-m_alt", "_symmetry_space_group_name_h_m")
+_NUMBER_TAGS = ("_space_group_it_number", "_symmetry_int_tables_number")
 
 
 def database_ids(block: CifBlock, name: str) -> dict[str, str]:
@@ -47,6 +57,70 @@ def _has_atoms(block: CifBlock) -> bool:
     return bool(keys & {"_atom_site_fract_x", "_atom_site_cartn_x"})
 
 
+def _unknown_type_symbols(block: CifBlock) -> list[str]:
+    """Written type symbols that name no element.
+
+    pymatgen reads what it can from such a symbol ('Bb' as boron, 'Uuo' as uranium,
+    'Xx' as a dummy species) or drops the site ('?'), so they are caught here.
+    """
+    lowered = {k.lower(): v for k, v in block.data.items()}
+    types = lowered.get("_atom_site_type_symbol")
+    if types is None:
+        return []
+    bad = set()
+    for raw in [types] if isinstance(types, str) else types:
+        sym = raw.strip("'\" ")
+        if sym in _TYPE_ALIASES or _H_GROUP.match(sym):  # aliases; H groups are flagged instead
+            continue
+        m = _TYPE_SYMBOL.match(sym)
+        if m is None or not Element.is_valid_symbol(m.group(1).title()):
+            bad.add(sym)
+    return sorted(bad)
+
+
+def _short_elements(declared: Composition, composition: Composition) -> list[str]:
+    """Declared elements of which the sites hold less than the declared formula's proportion."""
+    have = composition.element_composition
+    ratios = {el.symbol: have[el] / declared[el] for el in declared.elements if declared[el] > 0}
+    if not ratios:
+        return []
+    top = max(ratios.values())
+    if top <= 0:
+        return sorted(ratios)
+    return sorted(sym for sym, r in ratios.items()
+                  if (top - r) * declared[sym] > max(_FORMULA_RTOL * top * declared[sym], _FORMULA_ATOL))
+
+
+def _setting_problem(block: CifBlock, parser_warnings: list[str]) -> str | None:
+    """Why the symmetry pymatgen applied cannot be the written one, or None.
+
+    Without a list of symmetry operations pymatgen expands the atoms with the written
+    Hermann-Mauguin symbol; a symbol it does not know (a non-standard setting, such as
+    the Pauling file's 'F4/mmm') it replaces, silently, by the space-group number in
+    its standard setting (I4/mmm), or by P1. Atoms are then misplaced or missing.
+    """
+    lowered = {k.lower().rstrip("_"): v for k, v in block.data.items()}
+    if any(t in lowered for t in _SYMOP_TAGS) or any("Spacegroup from" in w for w in parser_warnings):
+        return None
+    symbol = next((lowered[t].strip("'\" ") for t in _HM_TAGS if isinstance(lowered.get(t), str)), "")
+    compact = re.sub(r"[\s_]", "", symbol)
+    if compact in ("", "?", ".") or compact.upper() == "P1":
+        return None
+    if any("Defaulting to P1" in w for w in parser_warnings):
+        return f"space group {symbol!r} is not known to pymatgen (the atoms would be expanded as P1)"
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    try:
+        number = int(float(next(str(lowered[t]) for t in _NUMBER_TAGS if t in lowered)))
+        standard = SpaceGroup.from_int_number(number).symbol
+    except Exception:  # no usable number: nothing to compare with
+        return None
+    if compact[0].upper() != standard[0]:
+        return (f"space group {symbol!r} is a setting pymatgen does not know; space group {number} "
+                f"in its standard setting ({standard}) would misplace the atoms")
+    return None
+
+
 def _flags(block: CifBlock, composition: Composition) -> list[str]:
     """Properties of the written structure that screening must know about."""
     flags = []
@@ -65,9 +139,9 @@ def _flags(block: CifBlock, composition: Composition) -> list[str]:
         except Exception:  # an unparsable formula tag says nothing about missing atoms
             declared = None
         if declared is not None:
-            missing = sorted(
-                {el.symbol for el in declared.elements} - {el.symbol for el in composition.elements}
-            )
+            # Elements absent from the sites, or present in a smaller proportion than the
+            # formula declares (e.g. an atom loop cut short by a truncated file).
+            missing = _short_elements(declared.element_composition, composition)
             if missing:
                 flags.append("missing_atoms:" + ",".join(missing))
     return flags
@@ -116,8 +190,14 @@ def _parse_block(block: CifBlock, uid: str, provenance: dict[str, Any]) -> Impor
                             + (f" ({detail})" if detail else ""))
     if not structures:
         return Imported(uid, provenance, error="no structure in block")
+    if (problem := _setting_problem(block, parser.warnings)) is not None:
+        return Imported(uid, provenance, error=problem)
     structure = structures[0]
-    unknown = sorted({str(sp) for sp in structure.composition if getattr(sp, "Z", 0) == 0})
+    # pymatgen turns a symbol it cannot read into a DummySpecies ('Xx' -> Xx0+), whose
+    # Z is not 0, so the symbol itself is checked.
+    unknown = _unknown_type_symbols(block) or sorted(
+        {getattr(sp, "symbol", str(sp)) for sp in structure.composition
+         if isinstance(sp, DummySpecies) or not Element.is_valid_symbol(getattr(sp, "symbol", ""))})
     if unknown:
         return Imported(uid, provenance, error=f"unknown element symbol(s): {', '.join(unknown)}")
     if (problem := check_geometry(structure.lattice.matrix, structure.frac_coords)) is not None:

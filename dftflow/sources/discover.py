@@ -12,8 +12,10 @@ import bz2
 import fnmatch
 import gzip
 import hashlib
+import lzma
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,10 @@ from dftflow.sources.records import Imported, check_geometry
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 CIF_SUFFIXES = (".cif", ".cif.gz", ".cif.bz2", ".mcif")
+# What reading a damaged archive raises (a corrupt deflate/xz stream raises zlib/lzma
+# errors, an encrypted or unsupported zip member RuntimeError/NotImplementedError).
+_DAMAGE = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError,
+           ValueError, RuntimeError, NotImplementedError)
 
 
 @dataclass(slots=True)
@@ -99,7 +105,15 @@ def _discover_archive(path: Path, label: str, pattern: str, prefix: str | None =
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
                     if not info.is_dir() and _matches(info.filename, pattern):
-                        yield _archived(label, name, info.filename, path, zf.read(info))
+                        try:
+                            data = zf.read(info)
+                        except _DAMAGE as exc:
+                            # Zip members are independent: one damaged member fails alone.
+                            yield ImportTask("cif_text", f"{label}:{name}/{info.filename}",
+                                             {"source": label, "file": str(path), "member": info.filename,
+                                              "error": f"damaged archive member: {type(exc).__name__}: {exc}"})
+                            continue
+                        yield _archived(label, name, info.filename, path, data)
         else:
             with tarfile.open(path) as tf:
                 for member in tf:
@@ -107,7 +121,7 @@ def _discover_archive(path: Path, label: str, pattern: str, prefix: str | None =
                         handle = tf.extractfile(member)
                         if handle is not None:
                             yield _archived(label, name, member.name, path, handle.read())
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+    except _DAMAGE as exc:
         # A damaged archive: what was read is kept; the damage is one failed entry.
         yield ImportTask("cif_text", f"{label}:{name}!", {"source": label, "file": str(path),
                          "error": f"damaged archive: {type(exc).__name__}: {exc}"}, text=None)
@@ -124,8 +138,14 @@ def _discover_generated(path: Path, label: str) -> Iterator[ImportTask]:
     files = [path] if path.is_file() else sorted(path.rglob("*.pt"))
     for file in files:
         rel = file.name if path.is_file() else file.relative_to(path).as_posix()
-        data = load_pt(file)
-        for arrays in split_generated(data, file):
+        try:
+            items = split_generated(load_pt(file), file)
+        except Exception as exc:  # one unusable file is one failed entry; the other files go on
+            reason = str(exc) if isinstance(exc, InputError) else \
+                f"{file}: unusable generated data ({type(exc).__name__}: {exc})"
+            yield ImportTask("cif_text", f"{label}:{rel}!", {"source": label, "file": str(file), "error": reason})
+            continue
+        for arrays in items:
             sample, index = arrays.pop("sample"), arrays.pop("index")
             prov = {"source": label, "file": str(file), "generator": label, "sample": sample, "index": index}
             yield ImportTask("arrays", f"{label}:{rel}:{sample}:{index}", prov, arrays=arrays)

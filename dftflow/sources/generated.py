@@ -137,7 +137,7 @@ def split_generated(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
         lengths, angles = _np(data["lengths"]).astype(float), _np(data["angles"]).astype(float)
         if lengths.ndim == 2:
             lengths, angles = lengths[None], angles[None]
-        lattices = np.array([[lattice_from_parameters(l, a) for l, a in zip(ls, as_)]
+        lattices = np.array([[lattice_from_parameters(lens, angs) for lens, angs in zip(ls, as_)]
                              for ls, as_ in zip(lengths, angles)])
     else:
         raise InputError(f"{path}: needs 'lattices' or 'lengths' and 'angles'")

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create ./.venv with dftflow and everything its tests need (idempotent).
+# torch is pinned to the CPU build here; the package itself accepts a range,
+# so on a GPU machine you can install your own CUDA torch instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+    echo "dftflow needs Python >= 3.11 (found: $("$PYTHON" --version 2>&1))" >&2
+    exit 1
+fi
+if ! "$PYTHON" -m venv --help >/dev/null 2>&1 || ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q && apt-get install -y -q python3-venv python3-dev
+    else
+        echo "python3 -m venv is not available: install python3-venv" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.dftflow-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q "torch==2.13.0"
+    .venv/bin/python -m pip install -q -e ".[ml,test]"
+    touch "$stamp"
+fi

@@ -1,0 +1,77 @@
+"""Recipes and cluster profiles: strict validation with the file and key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dftflow.config import load_profile, load_recipe
+from dftflow.errors import ConfigError
+from dftflow.resources import bundled, resolve
+
+
+def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_every_bundled_recipe_and_profile_validates() -> None:
+    assert {"demo", "ecd"} <= set(bundled("workflows"))
+    assert {"local", "slurm-generic"} <= set(bundled("cluster_profiles"))
+    for path in bundled("workflows").values():
+        load_recipe(path)
+    for path in bundled("cluster_profiles").values():
+        load_profile(path)
+
+
+def test_recipe_paths_are_relative_to_the_recipe(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\nsources:\n  - {type: cif, path: structures}\n")
+    recipe = load_recipe(path)
+    assert recipe.source_path(recipe.sources[0]) == tmp_path / "structures"
+
+
+def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\nsources:\n  - {type: cif, path: a}\nscreening:\n  symetry: {symprec: 0.1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(path) in str(err.value)
+    assert "screening.symetry: unknown key" in str(err.value)
+
+
+def test_wrong_type_names_key_and_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\nsources:\n  - {type: cif, path: a}\nscreening:\n  symmetry: {symprec: loose}\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert "screening.symmetry.symprec" in str(err.value) and "'loose'" in str(err.value)
+
+
+def test_bad_source_type_and_list_index(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\nsources:\n  - {type: cif, path: a}\n  - {type: poscar, path: b}\n")
+    with pytest.raises(ConfigError, match=r"sources\[1\]\.type"):
+        load_recipe(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\nsources: [\n")
+    with pytest.raises(ConfigError, match="line"):
+        load_recipe(path)
+
+
+def test_profile_validation(tmp_path: Path) -> None:
+    bad = write(tmp_path, "name: p\nscheduler: slurm\nslurm: {walltime: '4h'}\n", "p.yaml")
+    with pytest.raises(ConfigError, match=r"slurm\.walltime"):
+        load_profile(bad)
+    missing = write(tmp_path, "name: p\nscheduler: slurm\n", "q.yaml")
+    with pytest.raises(ConfigError, match="slurm: section"):
+        load_profile(missing)
+
+
+def test_resolve_prefers_a_users_file_and_lists_bundled_names(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    own = write(tmp_path, "name: mine\nsources:\n  - {type: cif, path: a}\n", "demo.yaml")
+    assert resolve("workflows", "demo.yaml") == own.resolve()
+    assert resolve("workflows", "demo").name == "demo.yaml" and resolve("workflows", "demo") != own
+    with pytest.raises(ConfigError, match="bundled: .*demo"):
+        resolve("workflows", "nonexistent")
