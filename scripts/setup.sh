@@ -30,3 +30,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q -e ".[ml,test]"
     touch "$stamp"
 fi
+# GPAW, the local DFT engine: compiled from source against Debian's libxc,
+# OpenBLAS and FFTW (skipped when already installed).
+PYTHON=.venv/bin/python ./scripts/install_gpaw.sh

@@ -41,17 +41,15 @@ def _group_bucket(task: tuple[list[DedupItem], dict[str, float]]) -> list[list[s
     matcher = StructureMatcher(ltol=tol["ltol"], stol=tol["stol"], angle_tol=tol["angle_tol"],
                                primitive_cell=True, scale=True, attempt_supercell=False)
     structures = [unpack(it.packed) for it in items]
-    groups: list[list[int]] = []
     # Greedy clustering against each group's representative: the representative is
     # the preferred member, and every member matches it (not merely some member).
-    for i, s in enumerate(structures):
-        for group in groups:
-            if matcher.fit(structures[group[0]], s):
-                group.append(i)
-                break
-        else:
-            groups.append([i])
-    return [[items[i].uid for i in g] for g in groups]
+    # group_structures does exactly that (the first unmatched structure, in this
+    # order, becomes a representative; each one joins the first representative
+    # that fit()s it), but reduces every structure (Niggli + primitive) once,
+    # where fit() on each pair would reduce both again through an LRU cache.
+    index = {id(s): i for i, s in enumerate(structures)}
+    groups = matcher.group_structures(structures)
+    return [[items[index[id(s)]].uid for s in g] for g in groups]
 
 
 def deduplicate(

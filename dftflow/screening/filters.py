@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pymatgen.core import Composition, Structure
+import numpy as np
+from pymatgen.core import Composition, Site, Structure
 
 from dftflow.screening.base import Outcome, failed, passed
 
@@ -47,15 +48,27 @@ class OrderFilter:
 
 def _min_distance(structure: Structure) -> float:
     # Neighbour search within a small radius is O(N); the full distance matrix is O(N^2).
+    # get_neighbor_list returns arrays; get_all_neighbors, which gives the same
+    # distances, builds a PeriodicNeighbor object for each pair (most of its cost).
     radius = 1.5
     while True:
-        neighbours = structure.get_all_neighbors(radius, include_index=False)
-        distances = [nb.nn_distance for nbs in neighbours for nb in nbs]
-        if distances:
-            return float(min(distances))
+        centres, points, _, distances = structure.get_neighbor_list(radius, numerical_tol=_COINCIDENT)
+        keep = distances > _COINCIDENT
+        if not keep.all():
+            # Like get_all_neighbors: a coincident pair is kept unless it is the centre site itself.
+            sites = structure.sites
+            for k in np.flatnonzero(~keep):
+                c, p = sites[centres[k]], sites[points[k]]
+                keep[k] = (p.species != c.species or not np.allclose(p.coords, c.coords, atol=Site.position_atol)
+                           or p.properties != c.properties)
+        if keep.any():
+            return float(distances[keep].min())
         if radius > 6:
             return radius
         radius *= 2
+
+
+_COINCIDENT = 1e-8  # Å; pymatgen's default numerical_tol for neighbour searches
 
 
 @dataclass(kw_only=True)
