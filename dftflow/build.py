@@ -1,8 +1,8 @@
 """``build-dataset``: run a recipe's stages in order, resumably, in one project directory.
 
-Stages so far: import → screen → dedup → select. Each is skipped or resumed
-from what the catalog already holds, so re-running the same command continues
-an interrupted build and redoes nothing.
+Stages: import → screen → dedup → select → dft. Each is skipped or resumed
+from what the project already holds (catalog.sqlite, jobs.sqlite), so
+re-running the same command continues an interrupted build and redoes nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +40,26 @@ def project_recipe(project: Project) -> Recipe | None:
     return recipe
 
 
+def _ticker(progress: st.Progress | None):
+    """Turn queue counts into progress-bar advances (finished jobs)."""
+    if progress is None:
+        return None
+    state = {"started": False, "done": 0}
+
+    def tick(counts: dict[str, int]) -> None:
+        total = sum(counts.values())
+        done = counts["COMPLETED"] + counts["FAILED"] + counts["LOST"]
+        if not state["started"]:
+            progress.start("dft", total)
+            state["started"] = True
+            progress.advance(done)
+        elif done > state["done"]:
+            progress.advance(done - state["done"])
+        state["done"] = done
+
+    return tick
+
+
 def build_dataset(recipe: Recipe, project: Project, *, until: Stage = "select", workers: int | None = None,
                   progress: st.Progress | None = None, figures: bool = True) -> dict[str, Any]:
     """Run the recipe's stages up to and including ``until``; returns a summary per stage."""
@@ -59,8 +79,15 @@ def build_dataset(recipe: Recipe, project: Project, *, until: Stage = "select", 
                     result = st.run_screen(catalog, recipe.screening, workers=workers, progress=progress)
                 elif stage == "dedup":
                     result = st.run_dedup(catalog, recipe.screening, workers=workers, progress=progress)
-                else:
+                elif stage == "select":
                     result = st.run_select(catalog, recipe.selection)
+                elif recipe.dft is None:
+                    continue  # the recipe has no DFT stage
+                else:
+                    from dftflow.execution.dft_stage import run_dft
+
+                    result = run_dft(project, catalog, recipe.dft, workers=workers,
+                                     on_tick=_ticker(progress))
                 summary["stages"][stage] = {**result, "seconds": round(time.perf_counter() - t0, 3)}
             summary["funnel"] = st.funnel(catalog)
             if figures:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dftflow.cli.common import JsonOpt, ProjectOpt, RichProgress, WorkersOpt, console, print_json
-from dftflow.cli.tables import funnel_table
+from dftflow.cli.tables import dft_table, funnel_table
 from dftflow.config.recipe import STAGES, load_recipe
 from dftflow.project import Project
 
@@ -21,7 +21,7 @@ def build_dataset(
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write PNG figures.")] = True,
     json_: JsonOpt = False,
 ) -> None:
-    """Build a dataset from a recipe: import, screen, deduplicate and select structures (resumable)."""
+    """Build a dataset from a recipe: import, screen, dedup, select, then DFT (resumable)."""
     from dftflow.build import build_dataset as run
 
     loaded = load_recipe(recipe)
@@ -38,6 +38,13 @@ def build_dataset(
             console.print(f"selection [bold]{name}[/]: {info['size']} of {info['eligible']} eligible; "
                           f"element-distribution distance to the pool {info['tv_distance']:.3f} "
                           f"(random subset: {info['tv_distance_random']:.3f})")
+    dft = summary["stages"].get("dft")
+    if dft:
+        console.print(dft_table(dft["results"], title=f"{loaded.name}: DFT ({loaded.dft.engine}, local)"))
+        counts = dft["jobs"]
+        console.print(f"jobs: {counts['COMPLETED']} completed, {counts['FAILED']} failed, {counts['LOST']} lost"
+                      + ("; `dftflow status` shows why, `dftflow retry` runs them again"
+                         if counts["FAILED"] or counts["LOST"] else ""))
     for fig in summary.get("figures", []):
         console.print(f"figure: {fig}")
     console.print(f"project: {root}")

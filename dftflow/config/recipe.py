@@ -7,15 +7,15 @@ structures can be copied around together.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
 from dftflow.config.base import StrictModel, load_yaml_model
 from dftflow.resources import resolve
 
-Stage = Literal["import", "screen", "dedup", "select"]
-STAGES: tuple[Stage, ...] = ("import", "screen", "dedup", "select")
+Stage = Literal["import", "screen", "dedup", "select", "dft"]
+STAGES: tuple[Stage, ...] = ("import", "screen", "dedup", "select", "dft")
 
 
 class SourceSpec(StrictModel):
@@ -99,6 +99,28 @@ class SelectorSettings(StrictModel):
     seed: int = 0
 
 
+class DftSettings(StrictModel):
+    """The DFT stage: a flow per structure, run by local workers (embedded default)."""
+
+    engine: Literal["gpaw"] = "gpaw"
+    structures: str = Field(default="kept", description="'kept' (the unique screened pool) or 'selection:NAME'")
+    primitive: bool = Field(default=True, description="run the primitive cell")
+    relax: str | None = Field(default=None, description="input set of the relax before the static, or null")
+    static: str = "gpaw_pbe_static"
+    hybrid: str | None = Field(default=None, description="input set of a hybrid static, or null")
+    hybrid_selection: str | None = Field(default=None, description="run the hybrid only on this selection")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="win over the input sets")
+    max_attempts: int = Field(default=2, gt=0, description="runs of a job lost with its worker")
+    limit: int | None = Field(default=None, gt=0, description="at most this many structures")
+
+    @field_validator("structures")
+    @classmethod
+    def _structures(cls, value: str) -> str:
+        if value != "kept" and not value.startswith("selection:"):
+            raise ValueError("expected 'kept' or 'selection:NAME'")
+        return value
+
+
 class Recipe(StrictModel):
     name: str
     description: str = ""
@@ -108,6 +130,7 @@ class Recipe(StrictModel):
     import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
     screening: ScreeningSettings = Field(default_factory=ScreeningSettings)
     selection: dict[str, SelectorSettings] = Field(default_factory=dict)
+    dft: DftSettings | None = None
 
     # Where the file came from; paths inside the recipe are relative to it.
     base_dir: Path = Field(default=Path("."), exclude=True)

@@ -1,0 +1,76 @@
+"""``dftflow status`` and ``dftflow retry``: the DFT jobs of a project."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dftflow.cli.common import JsonOpt, RichProgress, WorkersOpt, console, print_json
+from dftflow.cli.tables import dft_table
+from dftflow.errors import InputError
+from dftflow.project import Project
+
+ProjectArg = Annotated[Path, typer.Option("--project", "-p", help="Project directory.")]
+
+
+def _queue_path(project: Path) -> Path:
+    path = project.resolve() / "jobs.sqlite"
+    if not path.exists():
+        raise InputError(f"{project}: no DFT jobs in this project (run build-dataset with a dft: stage)")
+    return path
+
+
+def status(project: ProjectArg = Path("demo-project"), json_: JsonOpt = False) -> None:
+    """Counts of DFT jobs by state, and every failure with its reason."""
+    from dftflow.execution.dft_stage import results
+    from dftflow.execution.queue import JobQueue
+
+    queue = JobQueue(_queue_path(project))
+    queue.detect_lost()
+    counts = queue.counts()
+    queue.close()
+    rows = results(Project(project.resolve()))
+    failures = [r for r in rows if r["state"] in ("FAILED", "LOST")]
+    if json_:
+        print_json({"counts": counts, "failures": failures, "jobs": rows})
+        return
+    table = Table(*counts.keys(), title=f"DFT jobs in {project}")
+    table.add_row(*(str(v) for v in counts.values()))
+    console.print(table)
+    if failures:
+        reasons = Counter(r["error"] for r in failures)
+        fail = Table("uid", "job", "state", "reason", title="failures")
+        for r in failures:
+            fail.add_row(r["uid"], r["job"], r["state"], r["error"] or "")
+        console.print(fail)
+        console.print(f"{len(failures)} failed or lost ({len(reasons)} distinct reasons); "
+                      "`dftflow retry` runs them again")
+
+
+def retry(project: ProjectArg = Path("demo-project"), workers: WorkersOpt = None, json_: JsonOpt = False) -> None:
+    """Run failed and lost DFT jobs again (and whatever waited on them)."""
+    from dftflow.build import _ticker, project_recipe
+    from dftflow.execution.dft_stage import results
+    from dftflow.execution.queue import JobQueue
+    from dftflow.execution.worker import run_workers
+
+    proj = Project(project.resolve())
+    path = _queue_path(project)
+    recipe = project_recipe(proj)
+    n_workers = workers or (recipe.workers if recipe else 2)
+    with proj.locked("retry"), RichProgress(enabled=not json_) as progress:
+        queue = JobQueue(path)
+        queue.detect_lost()
+        requeued = queue.retry()
+        queue.close()
+        counts = run_workers(path, proj.root, n_workers, on_tick=_ticker(progress))
+    rows = results(proj)
+    if json_:
+        print_json({"requeued": requeued, "counts": counts, "jobs": rows})
+        return
+    console.print(f"requeued {requeued} job(s)")
+    console.print(dft_table(rows))

@@ -1,0 +1,1 @@
+"""Embedded execution: a crash-safe job queue in the project directory and local workers."""

@@ -1,0 +1,77 @@
+"""The ``dft`` stage of build-dataset: queue a flow per structure and run it locally."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from dftflow.catalog import Catalog
+from dftflow.config.recipe import DftSettings
+from dftflow.execution.queue import JobQueue
+from dftflow.execution.worker import flow_jobs, run_workers
+from dftflow.project import Project
+from dftflow.sources.records import unpack
+
+
+def _targets(catalog: Catalog, settings: DftSettings) -> list[str]:
+    if settings.structures == "kept":
+        uids = [u for (u,) in catalog.db.execute(
+            "SELECT uid FROM outcomes WHERE filter='dedup' AND status='pass' ORDER BY uid")]
+    else:
+        uids = catalog.selection(settings.structures.split(":", 1)[1])
+    return uids[: settings.limit] if settings.limit else uids
+
+
+def queue_flows(project: Project, catalog: Catalog, settings: DftSettings) -> dict[str, Any]:
+    """Add a flow for every target structure not queued yet (idempotent)."""
+    from dftflow.flows.dataset import dataset_flow
+
+    queue = JobQueue(project.root / "jobs.sqlite")
+    hybrid_set = set(catalog.selection(settings.hybrid_selection)) if settings.hybrid_selection else None
+    added = skipped = 0
+    try:
+        for uid in _targets(catalog, settings):
+            if queue.has_flow(uid):
+                skipped += 1
+                continue
+            structure = unpack(json.loads(catalog.get(uid)["data"]))
+            if settings.primitive:
+                structure = structure.get_primitive_structure()
+            hybrid = settings.hybrid if (hybrid_set is None or uid in hybrid_set) else None
+            flow = dataset_flow(structure, uid, static=settings.static, relax=settings.relax, hybrid=hybrid,
+                                overrides=settings.overrides, engine=settings.engine)
+            queue.add_flow(uid, flow_jobs(flow), max_attempts=settings.max_attempts)
+            added += 1
+    finally:
+        queue.close()
+    return {"flows_added": added, "flows_already_queued": skipped}
+
+
+def run_dft(project: Project, catalog: Catalog, settings: DftSettings, *, workers: int,
+            on_tick: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
+    queued = queue_flows(project, catalog, settings)
+    counts = run_workers(project.root / "jobs.sqlite", project.root, workers, on_tick=on_tick)
+    return {**queued, "jobs": counts, "results": results(project)}
+
+
+def results(project: Project) -> list[dict[str, Any]]:
+    """Per job: structure, calculation, state, energy, SCF iterations, electron count, wall time or failure."""
+    path = project.root / "jobs.sqlite"
+    if not path.exists():
+        return []
+    queue = JobQueue(path)
+    try:
+        rows = []
+        for job in queue.jobs():
+            out = (job["output"] or {}).get("output") or {}
+            rows.append({
+                "uid": job["flow_id"], "job": job["name"], "state": job["state"], "attempts": job["attempts"],
+                "energy": out.get("energy"), "n_scf": out.get("n_scf"), "ionic_steps": out.get("ionic_steps"),
+                "electrons": out.get("integrated_electrons"), "expected": out.get("nvalence"),
+                "magmom": out.get("magmom"), "wall_s": out.get("wall_s"), "dir": out.get("dir"),
+                "error": job["error"],
+            })
+        return rows
+    finally:
+        queue.close()

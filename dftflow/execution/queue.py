@@ -1,0 +1,235 @@
+"""A job queue in one SQLite file: atomic claims, dependencies, and lost-job detection.
+
+Why not a FireWorks LaunchPad on mongomock (docs/execution.md): mongomock's
+file persistence rewrites one JSON file from one process, so concurrent
+workers can lose updates and a ``kill -9`` mid-write can truncate the state.
+SQLite gives transactions across processes, an exclusive claim
+(``BEGIN IMMEDIATE``) and a journal that survives a killed writer.
+
+States: ``WAITING`` (a parent is not complete) → ``READY`` → ``RUNNING`` →
+``COMPLETED`` | ``FAILED``. A ``RUNNING`` job whose worker process is gone (same
+host) or silent for longer than ``lease_s`` is *lost*: it returns to ``READY``
+for another attempt, or becomes ``LOST`` after ``max_attempts``. Results are
+accepted only from the worker that holds the claim, so a job is never recorded
+twice, even if a presumed-dead worker wakes up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATES = ("WAITING", "READY", "RUNNING", "COMPLETED", "FAILED", "LOST")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs(
+    uuid TEXT PRIMARY KEY, flow_id TEXT NOT NULL, name TEXT NOT NULL, payload TEXT NOT NULL,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
+    worker TEXT, host TEXT, pid INTEGER, created REAL NOT NULL, started REAL, heartbeat REAL,
+    finished REAL, output TEXT, error TEXT, history TEXT NOT NULL DEFAULT '[]');
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
+CREATE INDEX IF NOT EXISTS jobs_flow ON jobs(flow_id);
+CREATE TABLE IF NOT EXISTS deps(child TEXT NOT NULL, parent TEXT NOT NULL, PRIMARY KEY(child, parent));
+CREATE INDEX IF NOT EXISTS deps_parent ON deps(parent);
+"""
+
+
+@dataclass(slots=True)
+class QueuedJob:
+    uuid: str
+    flow_id: str
+    name: str
+    payload: dict[str, Any]
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class NewJob:
+    uuid: str
+    name: str
+    payload: dict[str, Any]
+    parents: list[str]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed, not yet reaped) counts as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class JobQueue:
+    def __init__(self, path: Path | str, *, lease_s: float = 600.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lease_s = lease_s
+        self.db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self.host = socket.gethostname()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self) -> _Tx:
+        return _Tx(self.db)
+
+    # -- adding work ---------------------------------------------------------
+    def add_flow(self, flow_id: str, jobs: Iterable[NewJob], max_attempts: int = 3) -> int:
+        """Queue a flow's jobs; jobs already queued (same uuid) are left as they are."""
+        now = time.time()
+        added = 0
+        with self._tx() as db:
+            known = {u for (u,) in db.execute("SELECT uuid FROM jobs WHERE flow_id=?", (flow_id,))}
+            for job in jobs:
+                if job.uuid in known:
+                    continue
+                state = "WAITING" if job.parents else "READY"
+                db.execute("INSERT INTO jobs(uuid, flow_id, name, payload, state, max_attempts, created) "
+                           "VALUES(?,?,?,?,?,?,?)",
+                           (job.uuid, flow_id, job.name, json.dumps(job.payload), state, max_attempts, now))
+                db.executemany("INSERT OR IGNORE INTO deps VALUES(?,?)", [(job.uuid, p) for p in job.parents])
+                added += 1
+        return added
+
+    def has_flow(self, flow_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM jobs WHERE flow_id=? LIMIT 1", (flow_id,)).fetchone() is not None
+
+    # -- workers -------------------------------------------------------------
+    def claim(self, worker: str) -> QueuedJob | None:
+        """Atomically take the oldest READY job."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT uuid, flow_id, name, payload, attempts FROM jobs WHERE state='READY' "
+                             "ORDER BY created, rowid LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state='RUNNING', worker=?, host=?, pid=?, started=?, heartbeat=?, "
+                       "attempts=attempts+1 WHERE uuid=?", (worker, self.host, os.getpid(), now, now, row[0]))
+        return QueuedJob(row[0], row[1], row[2], json.loads(row[3]), row[4] + 1)
+
+    def heartbeat(self, uuid: str, worker: str) -> bool:
+        cur = self.db.execute("UPDATE jobs SET heartbeat=? WHERE uuid=? AND state='RUNNING' AND worker=?",
+                              (time.time(), uuid, worker))
+        return cur.rowcount == 1
+
+    def complete(self, uuid: str, worker: str, output: Any) -> bool:
+        """Record a result; False (and nothing written) if this worker no longer holds the job."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET state='COMPLETED', finished=?, output=?, error=NULL "
+                             "WHERE uuid=? AND state='RUNNING' AND worker=?",
+                             (time.time(), json.dumps(output), uuid, worker))
+            if cur.rowcount != 1:
+                return False
+            children = [c for (c,) in db.execute("SELECT child FROM deps WHERE parent=?", (uuid,))]
+            for child in children:
+                pending = db.execute(
+                    "SELECT COUNT(*) FROM deps d JOIN jobs j ON j.uuid = d.parent "
+                    "WHERE d.child=? AND j.state != 'COMPLETED'", (child,)).fetchone()[0]
+                if pending == 0:
+                    db.execute("UPDATE jobs SET state='READY' WHERE uuid=? AND state='WAITING'", (child,))
+        return True
+
+    def fail(self, uuid: str, worker: str, reason: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET state='FAILED', finished=?, error=? "
+                             "WHERE uuid=? AND state='RUNNING' AND worker=?", (time.time(), reason, uuid, worker))
+            return cur.rowcount == 1
+
+    def detect_lost(self) -> list[str]:
+        """Requeue RUNNING jobs whose worker died (this host) or went silent (any host)."""
+        now = time.time()
+        lost = []
+        with self._tx() as db:
+            for uuid, host, pid, beat, attempts, max_attempts, history in db.execute(
+                    "SELECT uuid, host, pid, heartbeat, attempts, max_attempts, history FROM jobs "
+                    "WHERE state='RUNNING'").fetchall():
+                if host == self.host and pid is not None and not _alive(pid):
+                    why = f"worker pid {pid} on {host} died"
+                elif beat is not None and now - beat > self.lease_s:
+                    why = f"no heartbeat from {host} for {now - beat:.0f} s"
+                else:
+                    continue
+                events = json.loads(history) + [{"time": now, "event": "lost", "reason": why, "attempt": attempts}]
+                state = "READY" if attempts < max_attempts else "LOST"
+                db.execute("UPDATE jobs SET state=?, worker=NULL, pid=NULL, error=?, history=? WHERE uuid=?",
+                           (state, f"lost: {why}", json.dumps(events), uuid))
+                lost.append(uuid)
+        return lost
+
+    def retry(self, states: Iterable[str] = ("FAILED", "LOST"), flow_ids: Iterable[str] | None = None) -> int:
+        """Put failed/lost jobs back in the queue (their attempts are reset)."""
+        states = tuple(states)
+        marks = ",".join("?" * len(states))
+        query = f"UPDATE jobs SET state='READY', attempts=0, error=NULL WHERE state IN ({marks})"
+        args: list[Any] = list(states)
+        if flow_ids is not None:
+            ids = list(flow_ids)
+            query += f" AND flow_id IN ({','.join('?' * len(ids))})"
+            args += ids
+        with self._tx() as db:
+            n = db.execute(query, args).rowcount
+            # parents back in the queue make their waiting children wait for them again
+        return n
+
+    # -- queries -------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        out.update(dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")))
+        return out
+
+    def runnable(self) -> bool:
+        """Whether anything can still make progress (READY, RUNNING, or WAITING on live parents)."""
+        c = self.counts()
+        if c["READY"] or c["RUNNING"]:
+            return True
+        if not c["WAITING"]:
+            return False
+        blocked = self.db.execute(
+            "SELECT COUNT(DISTINCT d.child) FROM deps d JOIN jobs j ON j.uuid=d.parent "
+            "JOIN jobs c ON c.uuid=d.child WHERE c.state='WAITING' AND j.state IN ('FAILED','LOST')").fetchone()[0]
+        return blocked < c["WAITING"]
+
+    def outputs(self, uuids: Iterable[str]) -> dict[str, Any]:
+        out = {}
+        for uuid in uuids:
+            row = self.db.execute("SELECT output FROM jobs WHERE uuid=? AND state='COMPLETED'", (uuid,)).fetchone()
+            if row is not None:
+                out[uuid] = json.loads(row[0])
+        return out
+
+    def jobs(self, flow_id: str | None = None) -> list[dict[str, Any]]:
+        query = ("SELECT uuid, flow_id, name, state, attempts, error, started, finished, output FROM jobs"
+                 + (" WHERE flow_id=?" if flow_id else "") + " ORDER BY created, rowid")
+        rows = self.db.execute(query, (flow_id,) if flow_id else ())
+        return [{"uuid": u, "flow_id": f, "name": n, "state": s, "attempts": a, "error": e,
+                 "started": st, "finished": fi, "output": json.loads(o) if o else None}
+                for u, f, n, s, a, e, st, fi, o in rows]
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,1 @@
+"""jobflow flows composed from the engines' makers."""

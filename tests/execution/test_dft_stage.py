@@ -1,0 +1,149 @@
+"""build-dataset's dft stage with real GPAW: failures alone, status/retry, kill -9 and rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gpaw", reason="GPAW is installed by scripts/setup.sh (scripts/install_gpaw.sh)")
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "workflows" / "structures" / "demo"
+TC = """data_Tc
+_symmetry_space_group_name_H-M   'P 63/m m c'
+_cell_length_a   2.743
+_cell_length_b   2.743
+_cell_length_c   4.400
+_cell_angle_alpha   90
+_cell_angle_beta   90
+_cell_angle_gamma   120
+_symmetry_Int_Tables_number   194
+loop_
+ _symmetry_equiv_pos_as_xyz
+ 'x, y, z'
+ '-y, x-y, z'
+ '-x+y, -x, z'
+ '-x, -y, z+1/2'
+ 'y, -x+y, z+1/2'
+ 'x-y, x, z+1/2'
+ 'y, x, -z'
+ 'x-y, -y, -z'
+ '-x, -x+y, -z'
+ '-y, -x, -z+1/2'
+ '-x+y, y, -z+1/2'
+ 'x, x-y, -z+1/2'
+ '-x, -y, -z'
+ 'y, -x+y, -z'
+ 'x-y, x, -z'
+ 'x, y, -z+1/2'
+ '-y, x-y, -z+1/2'
+ '-x+y, -x, -z+1/2'
+ '-y, -x, z'
+ '-x+y, y, z'
+ 'x, x-y, z'
+ 'y, x, z+1/2'
+ 'x-y, -y, z+1/2'
+ '-x, -x+y, z+1/2'
+loop_
+ _atom_site_type_symbol
+ _atom_site_label
+ _atom_site_fract_x
+ _atom_site_fract_y
+ _atom_site_fract_z
+ _atom_site_occupancy
+  Tc  Tc1  0.33333333  0.66666667  0.25  1
+"""
+
+
+def dftflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dftflow", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}, timeout=900)
+
+
+def recipe(tmp_path: Path, names: list[str], extra: str = "") -> Path:
+    src = tmp_path / "structures"
+    src.mkdir()
+    for name in names:
+        shutil.copy(DEMO / f"{name}.cif", src)
+    (src / "Tc.cif").write_text(TC) if "Tc" in extra else None
+    path = tmp_path / "r.yaml"
+    path.write_text(f"""name: t
+workers: 2
+sources: [{{type: cif, path: structures, label: t}}]
+dft:
+  static: gpaw_pbe_static
+  overrides: {{ecut: 250, kpoint_density: 8}}
+""")
+    return path
+
+
+def test_failed_structure_fails_alone_then_status_and_retry(tmp_path: Path) -> None:
+    path = recipe(tmp_path, ["Si", "NaCl"], extra="Tc")
+    project = tmp_path / "p"
+    out = dftflow("build-dataset", str(path), "--project", str(project), "--json", "--no-figures")
+    assert out.returncode == 0, out.stderr
+    results = {r["uid"]: r for r in json.loads(out.stdout)["stages"]["dft"]["results"]}
+    assert results["t:Si.cif"]["state"] == results["t:NaCl.cif"]["state"] == "COMPLETED"
+    assert abs(results["t:NaCl.cif"]["electrons"] - results["t:NaCl.cif"]["expected"]) < 1e-3
+    assert results["t:Tc.cif"]["state"] == "FAILED"
+    assert "no PAW setup for Tc" in results["t:Tc.cif"]["error"]
+
+    status = json.loads(dftflow("status", "-p", str(project), "--json").stdout)
+    assert status["counts"]["COMPLETED"] == 2 and status["counts"]["FAILED"] == 1
+    assert [f["uid"] for f in status["failures"]] == ["t:Tc.cif"]
+
+    again = json.loads(dftflow("retry", "-p", str(project), "--json").stdout)
+    assert again["requeued"] == 1 and again["counts"]["FAILED"] == 1  # same reason, recorded again
+    # a re-run of build-dataset computes nothing twice
+    rerun = json.loads(dftflow("build-dataset", str(path), "--project", str(project), "--json",
+                               "--no-figures").stdout)
+    assert rerun["stages"]["dft"]["flows_added"] == 0
+    assert rerun["stages"]["dft"]["flows_already_queued"] == 3
+    assert (project / "calcs" / "t_Si.cif").is_dir()
+
+
+@pytest.mark.slow
+def test_kill_9_during_build_dataset_then_rerun_completes_each_structure_once(tmp_path: Path) -> None:
+    path = recipe(tmp_path, ["Si", "NaCl", "MgO", "LiF", "C_diamond"])
+    project = tmp_path / "p"
+    proc = subprocess.Popen([sys.executable, "-m", "dftflow", "build-dataset", str(path), "--project", str(project),
+                             "--no-figures"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    db = project / "jobs.sqlite"
+    deadline = time.time() + 300
+    running = 0
+    while time.time() < deadline and running == 0:
+        if db.exists():
+            try:
+                running = sqlite3.connect(db).execute("SELECT COUNT(*) FROM jobs WHERE state='RUNNING'").fetchone()[0]
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.1)
+    assert running, "no job started"
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, mid-job
+    proc.wait()
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM jobs WHERE state='COMPLETED'").fetchone()[0] < 5
+
+    out = dftflow("build-dataset", str(path), "--project", str(project), "--json", "--no-figures")
+    assert out.returncode == 0, out.stderr
+    rows = con.execute("SELECT flow_id, state, attempts FROM jobs").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(f"t:{n}.cif" for n in ["Si", "NaCl", "MgO", "LiF", "C_diamond"])
+    assert {r[1] for r in rows} == {"COMPLETED"}
+    assert any(r[2] == 2 for r in rows)  # the job killed mid-run was detected as lost and run again
+    for flow_id, *_ in rows:
+        calc = project / "calcs" / flow_id.replace(":", "_")
+        assert len(list(calc.iterdir())) == 1
+        result = json.loads((next(calc.iterdir()) / "result.json").read_text())
+        assert result["converged"] and result["n_scf"] > 0
+        assert abs(result["integrated_electrons"] - result["nvalence"]) < 1e-3
