@@ -139,3 +139,16 @@ def test_inputset_precedence_and_u_only_with_pbe(pbe) -> None:
     assert gpaw_parameters(nio, pbe)["setups"] == {"Ni": ":d,6.2"}
     hse = load_inputset("gpaw_hse06_static")
     assert "setups" not in gpaw_parameters(nio, hse)
+
+
+@pytest.mark.slow
+def test_hse06_static_runs_self_consistently(tmp_path: Path) -> None:
+    light = {"ecut": 200, "kpoint_density": 5, "convergence": {"energy": 1e-4, "density": 1e-4, "eigenstates": 1e-6}}
+    hse = with_overrides(load_inputset("gpaw_hse06_static"), light)
+    pbe = with_overrides(load_inputset("gpaw_pbe_static"), light)
+    si = primitive("Si")
+    h = run_static(si, hse, tmp_path / "hse")
+    p = run_static(si, pbe, tmp_path / "pbe")
+    assert h["parameters"]["xc"] == "HSE06" and h["n_scf"] > 1
+    assert abs(h["integrated_electrons"] - 8) < 1e-3
+    assert abs(h["energy"] - p["energy"]) > 1.0  # a different functional, not PBE under another name
