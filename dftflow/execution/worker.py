@@ -101,8 +101,9 @@ def worker_loop(queue_path: str, root: str, worker: str, poll: float = 0.2, hear
                 reason = f"{type(exc).__name__}: {first}" if not _is_user_error(exc) else first
                 trace = traceback.format_exc(limit=8)
                 queue.fail(queued.uuid, worker, reason)
-                (job_dir(Path(root), queued) / "error.txt").write_text(trace) \
-                    if job_dir(Path(root), queued).exists() else None
+                where = job_dir(Path(root), queued)
+                if where.exists():
+                    (where / "error.txt").write_text(trace)
             else:
                 queue.complete(queued.uuid, worker, output)
             finally:
@@ -125,8 +126,9 @@ def run_workers(queue_path: Path, root: Path, workers: int,
     queue = JobQueue(queue_path)
     try:
         for _round in range(5):  # new rounds only if every worker died with work left
-            procs = [context.Process(target=worker_loop, args=(str(queue_path), str(root), f"{os.getpid()}-{_round}-{i}"),
-                                     daemon=False) for i in range(workers)]
+            procs = [context.Process(target=worker_loop,
+                                     args=(str(queue_path), str(root), f"{os.getpid()}-{_round}-{i}"))
+                     for i in range(workers)]
             for p in procs:
                 p.start()
             while any(p.is_alive() for p in procs):

@@ -147,3 +147,10 @@ def run_relax(structure: Structure, inputset: InputSet, workdir: Path | str) -> 
         raise EngineError(f"relaxation did not reach fmax {settings.fmax} eV/Å in {settings.max_steps} steps "
                           f"(max force {result['max_force']:.3f} eV/Å); see {workdir / 'relax.log'}")
     return result
+
+
+def run(structure: Structure, inputset: InputSet, workdir: Path | str) -> dict[str, Any]:
+    """Run what the input set asks for (``calculation: static`` or ``relax``)."""
+    if inputset.calculation == "relax":
+        return run_relax(structure, inputset, workdir)
+    return run_static(structure, inputset, workdir)

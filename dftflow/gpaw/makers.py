@@ -11,17 +11,18 @@ from pymatgen.core import Structure
 
 from dftflow.inputsets import load_inputset, with_overrides
 
-
-def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    keep = ("calculation", "energy", "energy_per_atom", "converged", "n_scf", "n_fixed", "start", "magmom",
+_SUMMARY = ("calculation", "energy", "energy_per_atom", "converged", "n_scf", "n_fixed", "start", "magmom",
             "nvalence", "integrated_electrons", "grid", "wall_s", "inputset", "parameters_hash", "versions",
             "ionic_steps", "max_force", "parameters")
-    return {k: result[k] for k in keep if k in result}
 
 
 @dataclass(kw_only=True)
-class GpawStaticMaker(Maker):
-    """A GPAW static SCF; writes CHGCAR, density.npz and result.json in the job directory.
+class BaseGpawMaker(Maker):
+    """Load the input set, apply overrides, run in the job directory, return a summary.
+
+    What runs (static or relax) is the input set's ``calculation``. The output
+    carries the (relaxed) structure for the next job and the paths of the
+    CHGCAR and density files; the files themselves stay in the job directory.
 
     Parameters
     ----------
@@ -31,34 +32,37 @@ class GpawStaticMaker(Maker):
         Settings that win over the input set (recipe, then user).
     """
 
-    name: str = "gpaw static"
+    name: str = "gpaw"
     inputset: str = "gpaw_pbe_static"
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @job
     def make(self, structure: Structure, uid: str = "") -> dict[str, Any]:
-        from dftflow.gpaw.jobs import run_static
-
-        inputset = with_overrides(load_inputset(self.inputset), self.overrides)
-        workdir = Path.cwd()
-        result = run_static(structure, inputset, workdir)
-        return {**_summary(result), "uid": uid, "dir": str(workdir), "structure": structure,
-                "chgcar": str(workdir / "CHGCAR"), "density": str(workdir / "density.npz")}
-
-
-@dataclass(kw_only=True)
-class GpawRelaxMaker(Maker):
-    """A GPAW relaxation of positions and cell; its output structure feeds the static."""
-
-    name: str = "gpaw relax"
-    inputset: str = "gpaw_pbe_relax"
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    @job
-    def make(self, structure: Structure, uid: str = "") -> dict[str, Any]:
-        from dftflow.gpaw.jobs import run_relax
+        from dftflow.gpaw.jobs import run
         from dftflow.sources.records import unpack
 
         inputset = with_overrides(load_inputset(self.inputset), self.overrides)
-        result = run_relax(structure, inputset, Path.cwd())
-        return {**_summary(result), "uid": uid, "dir": str(Path.cwd()), "structure": unpack(result["structure"])}
+        workdir = Path.cwd()
+        result = run(structure, inputset, workdir)
+        out = {k: result[k] for k in _SUMMARY if k in result}
+        out.update(uid=uid, dir=str(workdir), structure=unpack(result["structure"]))
+        for key in ("chgcar", "density"):
+            if key in result.get("files", {}):
+                out[key] = str(workdir / result["files"][key])
+        return out
+
+
+@dataclass(kw_only=True)
+class GpawStaticMaker(BaseGpawMaker):
+    """A static SCF: CHGCAR, density.npz and result.json in the job directory."""
+
+    name: str = "gpaw static"
+    inputset: str = "gpaw_pbe_static"
+
+
+@dataclass(kw_only=True)
+class GpawRelaxMaker(BaseGpawMaker):
+    """A relaxation of positions and cell; its output structure feeds the static."""
+
+    name: str = "gpaw relax"
+    inputset: str = "gpaw_pbe_relax"

@@ -76,12 +76,12 @@ def recipe(tmp_path: Path, names: list[str], extra: str = "") -> Path:
         shutil.copy(DEMO / f"{name}.cif", src)
     (src / "Tc.cif").write_text(TC) if "Tc" in extra else None
     path = tmp_path / "r.yaml"
-    path.write_text(f"""name: t
+    path.write_text("""name: t
 workers: 2
-sources: [{{type: cif, path: structures, label: t}}]
+sources: [{type: cif, path: structures, label: t}]
 dft:
   static: gpaw_pbe_static
-  overrides: {{ecut: 250, kpoint_density: 8}}
+  overrides: {ecut: 250, kpoint_density: 8}
 """)
     return path
 
@@ -147,3 +147,28 @@ def test_kill_9_during_build_dataset_then_rerun_completes_each_structure_once(tm
         result = json.loads((next(calc.iterdir()) / "result.json").read_text())
         assert result["converged"] and result["n_scf"] > 0
         assert abs(result["integrated_electrons"] - result["nvalence"]) < 1e-3
+
+
+def test_relax_then_static_flow_uses_the_relaxed_structure(tmp_path: Path) -> None:
+    from pymatgen.core import Structure
+
+    from dftflow.execution.queue import JobQueue
+    from dftflow.execution.worker import flow_jobs, run_workers
+    from dftflow.flows.dataset import dataset_flow
+
+    si = Structure.from_file(DEMO / "Si.cif").get_primitive_structure()
+    squeezed = si.copy()
+    squeezed.scale_lattice(si.volume * 0.94)  # 6 % compressed: the relax must expand it
+    flow = dataset_flow(squeezed, "Si", static="gpaw_pbe_static", relax="gpaw_pbe_relax",
+                        overrides={"ecut": 250, "kpoint_density": 8})
+    queue = JobQueue(tmp_path / "jobs.sqlite")
+    queue.add_flow("Si", flow_jobs(flow))
+    assert run_workers(tmp_path / "jobs.sqlite", tmp_path, 2)["COMPLETED"] == 2
+    out = {j["name"]: j["output"]["output"] for j in queue.jobs()}
+    relaxed = Structure.from_dict(out["gpaw relax"]["structure"])
+    static = Structure.from_dict(out["gpaw static"]["structure"])
+    assert out["gpaw relax"]["ionic_steps"] > 0
+    assert relaxed.volume > squeezed.volume * 1.03
+    assert static.lattice.abc == pytest.approx(relaxed.lattice.abc, abs=1e-6)
+    assert out["gpaw static"]["energy"] == pytest.approx(out["gpaw relax"]["energy"], abs=5e-3)
+    assert Path(out["gpaw static"]["chgcar"]).is_file()

@@ -104,9 +104,9 @@ def test_kill_9_of_a_worker_mid_job_reruns_that_job_once(tmp_path: Path) -> None
     queue = JobQueue(db)
     for i in range(6):
         queue.add_flow(f"f{i}", flow_jobs(Flow([record(str(marker), i, sleep=1.5)])))
-    code = ("import sys; sys.path.insert(0, %r); from pathlib import Path; "
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
             "from dftflow.execution.worker import run_workers; "
-            "print(run_workers(Path(%r), Path(%r), 2))") % (str(REPO), str(db), str(tmp_path))
+            f"print(run_workers(Path({str(db)!r}), Path({str(tmp_path)!r}), 2))")
     runner = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     victim = None
     deadline = time.time() + 60
