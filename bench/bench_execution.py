@@ -71,7 +71,8 @@ def main() -> None:
     per_job = t_run / args.n
     print(f"{'jobs':<34}{args.n}")
     print(f"{'queue N flows':<34}{t_submit:8.2f} s  ({1e3 * t_submit / args.n:.2f} ms per flow)")
-    print(f"{'run (dftflow, %d workers)' % args.workers:<34}{t_run:8.2f} s  ({1e3 * per_job:.2f} ms per job, "
+    label = f"run (dftflow, {args.workers} workers)"
+    print(f"{label:<34}{t_run:8.2f} s  ({1e3 * per_job:.2f} ms per job, "
           "submit→start→record, incl. worker start-up)")
     print(f"{'run (jobflow run_locally, 1 proc)':<34}{t_ref:8.2f} s  ({1e3 * t_ref / args.n:.2f} ms per job)")
     print(f"{'ratio dftflow / run_locally':<34}{t_run / t_ref:8.2f}  (<1: faster)")
