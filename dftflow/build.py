@@ -1,6 +1,6 @@
 """``build-dataset``: run a recipe's stages in order, resumably, in one project directory.
 
-Stages: import → screen → dedup → select → dft. Each is skipped or resumed
+Stages: import → screen → dedup → select → dft → harvest. Each is skipped or resumed
 from what the project already holds (catalog.sqlite, jobs.sqlite), so
 re-running the same command continues an interrupted build and redoes nothing.
 """
@@ -81,6 +81,15 @@ def build_dataset(recipe: Recipe, project: Project, *, until: Stage = "select", 
                     result = st.run_dedup(catalog, recipe.screening, workers=workers, progress=progress)
                 elif stage == "select":
                     result = st.run_select(catalog, recipe.selection)
+                elif stage == "harvest":
+                    if recipe.harvest is None:
+                        continue
+                    from dftflow.dataset.harvest import from_project, harvest
+
+                    cfg = recipe.harvest
+                    result = harvest(list(from_project(project.root)), project.root / cfg.out, workers=workers,
+                                     progress=progress, shard_size=cfg.shard_size, compression=cfg.compression)
+                    result["dataset"] = str(project.root / cfg.out)
                 elif recipe.dft is None:
                     continue  # the recipe has no DFT stage
                 else:

@@ -22,3 +22,7 @@ class InputError(DftflowError):
 
 class ProjectBusyError(DftflowError):
     """Another dftflow process holds the project's lock."""
+
+
+class DensityError(DftflowError):
+    """A charge-density file (CHGCAR, CHG, AECCAR) is unreadable, inconsistent or cut short."""

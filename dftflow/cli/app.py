@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from dftflow import __version__
-from dftflow.cli import build, candidates, jobs, profiles, recipes
+from dftflow.cli import build, candidates, dataset, jobs, profiles, recipes
 from dftflow.cli.common import err_console
 from dftflow.errors import DftflowError
 
@@ -44,6 +44,8 @@ def _root(
 app.command("build-dataset")(build.build_dataset)
 app.command("status")(jobs.status)
 app.command("retry")(jobs.retry)
+app.command("harvest")(dataset.harvest)
+app.add_typer(dataset.app, name="dataset")
 app.add_typer(candidates.app, name="candidates")
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(profiles.app, name="profiles")

@@ -14,8 +14,8 @@ from pydantic import Field, field_validator
 from dftflow.config.base import StrictModel, load_yaml_model
 from dftflow.resources import resolve
 
-Stage = Literal["import", "screen", "dedup", "select", "dft"]
-STAGES: tuple[Stage, ...] = ("import", "screen", "dedup", "select", "dft")
+Stage = Literal["import", "screen", "dedup", "select", "dft", "harvest"]
+STAGES: tuple[Stage, ...] = ("import", "screen", "dedup", "select", "dft", "harvest")
 
 
 class SourceSpec(StrictModel):
@@ -121,6 +121,14 @@ class DftSettings(StrictModel):
         return value
 
 
+class HarvestSettings(StrictModel):
+    """Densities of the completed statics into the project's HDF5 dataset."""
+
+    out: str = Field(default="dataset", description="dataset directory, relative to the project")
+    compression: Literal["gzip", "lzf", "none"] = "gzip"
+    shard_size: int = Field(default=64, gt=0, description="materials per shard file")
+
+
 class Recipe(StrictModel):
     name: str
     description: str = ""
@@ -131,6 +139,7 @@ class Recipe(StrictModel):
     screening: ScreeningSettings = Field(default_factory=ScreeningSettings)
     selection: dict[str, SelectorSettings] = Field(default_factory=dict)
     dft: DftSettings | None = None
+    harvest: HarvestSettings | None = None
 
     # Where the file came from; paths inside the recipe are relative to it.
     base_dir: Path = Field(default=Path("."), exclude=True)
