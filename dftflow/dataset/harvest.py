@@ -1,0 +1,210 @@
+"""Harvest charge densities into the HDF5 dataset: from dftflow projects and CHGCAR trees.
+
+Sources:
+
+* a dftflow project: the completed static jobs in ``jobs.sqlite`` (GPAW now,
+  VASP later), with their settings, versions and PAW density matrices;
+* a directory tree of ``CHGCAR[.gz|.bz2]`` files, each with its OUTCAR (for
+  NELECT and the functional) when present — plain VASP runs and ECD-style
+  ``<material>/CHGCAR`` trees alike.
+
+A file that cannot be read or fails validation is quarantined with its reason
+and the harvest goes on. Re-running skips what is stored.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dftflow.dataset.store import ShardWriter
+from dftflow.parallel import run_tasks
+
+
+@dataclass(slots=True)
+class HarvestItem:
+    material_id: str
+    chgcar: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    density_npz: str | None = None
+    outcar: str | None = None
+
+
+def safe_id(text: str) -> str:
+    """A material id usable as an HDF5 group name."""
+    return text.replace("/", "|").strip() or "_"
+
+
+def _open_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    elif raw[:3] == b"BZh":
+        raw = bz2.decompress(raw)
+    return raw.decode(errors="replace")
+
+
+_NELECT = re.compile(r"NELECT\s*=\s*([0-9.]+)")
+_LHF = re.compile(r"LHFCALC\s*=\s*T")
+_LDAU = re.compile(r"LDAU\s*=\s*T|LDA\+U is selected")
+_VERSION = re.compile(r"^\s*(vasp\.[0-9.]+\S*)", re.MULTILINE)
+
+
+def outcar_meta(path: Path) -> dict[str, Any]:
+    """NELECT, functional and VASP version from an OUTCAR (plain or compressed)."""
+    text = _open_text(path)
+    meta: dict[str, Any] = {"engine": "vasp"}
+    if m := _NELECT.search(text):
+        meta["nelect"] = float(m.group(1))
+    meta["functional"] = "HSE06" if _LHF.search(text) else ("PBE+U" if _LDAU.search(text) else "PBE")
+    if m := _VERSION.search(text):
+        meta["engine_version"] = m.group(1)
+    return meta
+
+
+def from_directory(root: Path) -> Iterator[HarvestItem]:
+    """CHGCAR files below ``root``; the id is the file's directory relative to ``root``."""
+    root = Path(root)
+    for chgcar in sorted(p for p in root.rglob("CHGCAR*") if p.is_file() and
+                         re.fullmatch(r"CHGCAR(\.gz|\.bz2)?", p.name)):
+        rel = chgcar.parent.relative_to(root).as_posix()
+        outcar = next((chgcar.parent / n for n in ("OUTCAR", "OUTCAR.gz", "OUTCAR.bz2")
+                       if (chgcar.parent / n).is_file()), None)
+        yield HarvestItem(safe_id(f"{root.name}/{rel}" if rel != "." else root.name), str(chgcar),
+                          {"provenance": {"source": "directory", "path": str(chgcar)}},
+                          outcar=str(outcar) if outcar else None)
+
+
+def from_project(project_root: Path) -> Iterator[HarvestItem]:
+    """Completed static calculations of a dftflow project."""
+    from dftflow.execution.queue import JobQueue
+
+    path = Path(project_root) / "jobs.sqlite"
+    if not path.exists():
+        return
+    queue = JobQueue(path)
+    try:
+        jobs = queue.jobs()
+    finally:
+        queue.close()
+    for job in jobs:
+        out = ((job["output"] or {}).get("output")) or {}
+        if job["state"] != "COMPLETED" or out.get("calculation") != "static" or not out.get("chgcar"):
+            continue
+        params = out.get("parameters", {})
+        functional = params.get("xc", "PBE") + ("+U" if params.get("setups") else "")
+        versions = out.get("versions", {})
+        meta = {
+            "functional": functional, "engine": "gpaw", "engine_version": versions.get("gpaw"),
+            "nelect": out.get("nvalence"), "settings_hash": out.get("parameters_hash"),
+            "settings": {"parameters": params, "inputset": out.get("inputset"), "versions": versions},
+            "provenance": {"source": "project", "project": str(project_root), "uid": job["flow_id"],
+                           "job": job["uuid"], "dir": out.get("dir")},
+        }
+        yield HarvestItem(safe_id(f"{job['flow_id']}@{functional}"), out["chgcar"], meta,
+                          density_npz=out.get("density"))
+
+
+def _load(item: HarvestItem) -> dict[str, Any]:
+    """Read and validate one density (runs in a worker); raises with the reason on bad input."""
+    from dftflow.density.chgcar import read_chgcar
+
+    meta = dict(item.meta)
+    if item.outcar:
+        meta = {**outcar_meta(Path(item.outcar)), **meta}
+    density = read_chgcar(item.chgcar, nelect=meta.get("nelect"))
+    record = record_from_density(density, meta)
+    if item.density_npz and Path(item.density_npz).exists():
+        with np.load(item.density_npz) as data:
+            record["density_matrices"] = [data[f"D_{a}"] for a in range(len(density.structure))]
+    return record
+
+
+def record_from_density(density: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """The store's record: rho in e/Å³ (float32 on disk), float64 electron counts, structure, metadata."""
+    volume = density.structure.volume
+    structure = density.structure
+    record = {
+        **meta,
+        "total": density.total / volume,
+        "diff": None if density.diff is None else density.diff / volume,
+        "magnetisation": None if density.magnetisation is None else density.magnetisation / volume,
+        "augmentation": density.augmentation,
+        "electrons": float(np.sum(density.total, dtype=np.float64) / density.total.size),
+        "electrons_diff": None if density.diff is None else float(np.sum(density.diff, dtype=np.float64)
+                                                                   / density.diff.size),
+        "lattice": structure.lattice.matrix,
+        "frac_coords": structure.frac_coords,
+        "numbers": [site.specie.Z for site in structure],
+        "formula": structure.composition.reduced_formula,
+        "source": density.source,
+    }
+    return record
+
+
+def harvest(items: list[HarvestItem], out: Path, *, workers: int = 1, progress: Any = None,
+            shard_size: int = 64, compression: str = "gzip") -> dict[str, Any]:
+    """Store every item not stored yet; quarantine the ones that fail, with their reasons."""
+    writer = ShardWriter(Path(out), max_materials=shard_size, compression=compression)
+    todo = [it for it in items if not writer.manifest.is_done(it.material_id)]
+    claimed = [it for it in todo if writer.claim(it.material_id)]
+    if progress is not None:
+        progress.start("harvest", len(claimed))
+    stored = quarantined = 0
+    try:
+        for result in run_tasks(_load, claimed, workers=workers, chunk_size=1,
+                                preload=("dftflow.dataset.harvest", "dftflow.density.chgcar")):
+            item = result.task
+            if result.error is not None:
+                writer.manifest.quarantine(item.material_id, item.chgcar, result.error)
+                writer.manifest.release([item.material_id])
+                quarantined += 1
+            else:
+                writer.write(item.material_id, result.result)
+                stored += 1
+            if progress is not None:
+                progress.advance()
+        writer.flush()
+    finally:
+        writer.close()
+    return {"items": len(items), "already_stored": len(items) - len(todo), "taken_by_others": len(todo) - len(claimed),
+            "stored": stored, "quarantined": quarantined}
+
+
+def info(root: Path) -> dict[str, Any]:
+    """Counts, elements, grid sizes, functionals and bytes of a dataset."""
+    from collections import Counter
+
+    from dftflow.dataset.store import Manifest
+
+    manifest = Manifest(Path(root))
+    try:
+        rows = manifest.db.execute(
+            "SELECT material_id, formula, nsites, grid, functional, engine, nbytes FROM materials "
+            "WHERE state='stored'").fetchall()
+        quarantined = manifest.quarantined()
+    finally:
+        manifest.close()
+    from pymatgen.core import Composition
+
+    elements: Counter[str] = Counter()
+    for _, formula, *_ in rows:
+        elements.update(el.symbol for el in Composition(formula).elements)
+    points = [int(np.prod(json.loads(r[3]))) for r in rows]
+    size = sum(p.stat().st_size for p in (Path(root) / "shards").glob("*.h5"))
+    return {
+        "materials": len(rows), "quarantined": len(quarantined),
+        "functionals": dict(Counter(r[4] for r in rows)), "engines": dict(Counter(r[5] for r in rows)),
+        "elements": dict(elements.most_common()), "grid_points_total": int(sum(points)),
+        "grid_points_median": int(np.median(points)) if points else 0,
+        "bytes_on_disk": size, "bytes_per_grid_point": size / sum(points) if points else None,
+        "quarantine": [{"material_id": m, "source": s, "reason": r} for m, s, r in quarantined],
+    }

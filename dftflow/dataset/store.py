@@ -1,0 +1,275 @@
+"""A sharded, crash-safe HDF5 store of charge densities.
+
+Layout of a dataset directory::
+
+    manifest.sqlite        which material is in which shard; claims; quarantine
+    shards/<name>.h5       closed shards (read-only once renamed into place)
+    shards/<name>.h5.partial   a shard being written (ignored by readers)
+
+A harvester writes only its own shard. Materials are committed to the
+manifest after their shard is closed and renamed into place, so a crash
+loses at most the open shard's materials (they are harvested again) and never
+touches existing data. Before writing a material, a harvester claims it in the
+manifest; claims of dead processes are released, so two harvesters never write
+the same material and none is lost. Schema: docs/dataset.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION = 1
+UNITS = "e/Angstrom^3"  # densities are stored as rho (electrons per cubic Angstrom), float32
+
+_MANIFEST = """
+CREATE TABLE IF NOT EXISTS materials(
+    material_id TEXT PRIMARY KEY, state TEXT NOT NULL, shard TEXT, host TEXT, pid INTEGER,
+    claimed_at REAL, stored_at REAL, formula TEXT, nsites INTEGER, grid TEXT, functional TEXT,
+    engine TEXT, nbytes INTEGER, source TEXT);
+CREATE TABLE IF NOT EXISTS quarantine(
+    material_id TEXT PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _alive(host: str, pid: int | None) -> bool:
+    if pid is None or host != socket.gethostname():
+        return True  # cannot tell: keep the claim
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Manifest:
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(root / "manifest.sqlite", timeout=120, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(_MANIFEST)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def claim(self, material_id: str) -> bool:
+        """Take a material for writing; False if it is stored or claimed by a live process."""
+        host, pid = socket.gethostname(), os.getpid()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute("SELECT state, host, pid FROM materials WHERE material_id=?",
+                                  (material_id,)).fetchone()
+            if row is not None:
+                state, holder = row[0], (row[1], row[2])
+                if state == "stored":
+                    ok = False
+                elif holder == (host, pid):
+                    ok = True
+                else:
+                    ok = not _alive(*holder)  # a dead harvester's claim is taken over
+            else:
+                ok = True
+            if ok:
+                self.db.execute("INSERT OR REPLACE INTO materials(material_id, state, host, pid, claimed_at) "
+                                "VALUES(?, 'claimed', ?, ?, ?)", (material_id, host, pid, time.time()))
+            self.db.execute("COMMIT")
+            return ok
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def release(self, material_ids: list[str]) -> None:
+        host, pid = socket.gethostname(), os.getpid()
+        self.db.executemany("DELETE FROM materials WHERE material_id=? AND state='claimed' AND host=? AND pid=?",
+                            [(m, host, pid) for m in material_ids])
+
+    def commit_shard(self, shard: str, rows: list[dict[str, Any]]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany(
+            "UPDATE materials SET state='stored', shard=?, stored_at=?, formula=?, nsites=?, grid=?, functional=?, "
+            "engine=?, nbytes=?, source=? WHERE material_id=?",
+            [(shard, time.time(), r["formula"], r["nsites"], json.dumps(r["grid"]), r["functional"], r["engine"],
+              r["nbytes"], r["source"], r["material_id"]) for r in rows])
+        self.db.execute("COMMIT")
+
+    def quarantine(self, material_id: str, source: str, reason: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO quarantine VALUES(?,?,?,?)", (material_id, source, reason, time.time()))
+
+    def stored(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT material_id, shard FROM materials WHERE state='stored'"))
+
+    def is_done(self, material_id: str) -> bool:
+        row = self.db.execute("SELECT state FROM materials WHERE material_id=?", (material_id,)).fetchone()
+        return row is not None and row[0] == "stored"
+
+    def quarantined(self) -> list[tuple[str, str, str]]:
+        return list(self.db.execute("SELECT material_id, source, reason FROM quarantine ORDER BY material_id"))
+
+
+class ShardWriter:
+    """Writes materials into this process's own shard; ``flush`` publishes them."""
+
+    def __init__(self, root: Path, *, max_materials: int = 64, compression: str = "gzip") -> None:
+        self.root = Path(root)
+        (self.root / "shards").mkdir(parents=True, exist_ok=True)
+        self.manifest = Manifest(self.root)
+        self.max_materials = max_materials
+        self.compression = compression
+        self._file: h5py.File | None = None
+        self._name = ""
+        self._rows: list[dict[str, Any]] = []
+        for stale in (self.root / "shards").glob("*.partial"):  # left by a crash: never published
+            host_pid = stale.name.split("__")[0]
+            if host_pid.startswith(socket.gethostname() + "-"):
+                try:
+                    pid = int(host_pid.rsplit("-", 1)[1])
+                except ValueError:
+                    continue
+                if not _alive(socket.gethostname(), pid):
+                    stale.unlink(missing_ok=True)
+
+    def claim(self, material_id: str) -> bool:
+        return self.manifest.claim(material_id)
+
+    def _open(self) -> h5py.File:
+        if self._file is None:
+            self._name = f"{socket.gethostname()}-{os.getpid()}__{uuid.uuid4().hex[:12]}.h5"
+            self._file = h5py.File(self.root / "shards" / (self._name + ".partial"), "w")
+            self._file.attrs["schema_version"] = SCHEMA_VERSION
+            self._file.attrs["units"] = UNITS
+        return self._file
+
+    def _dataset(self, group: h5py.Group, name: str, data: np.ndarray) -> int:
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        # chunks of whole x-y planes, ~512 kB: a full-grid read touches each chunk once
+        plane = int(np.prod(data.shape[:-1])) * 4
+        depth = max(1, min(data.shape[-1], (512 * 1024) // max(plane, 1)))
+        kwargs: dict[str, Any] = {"chunks": (*data.shape[:-1], depth), "shuffle": True}
+        if self.compression == "gzip":
+            kwargs.update(compression="gzip", compression_opts=4)
+        elif self.compression == "lzf":
+            kwargs.update(compression="lzf")
+        ds = group.create_dataset(name, data=data, **kwargs)
+        return int(ds.id.get_storage_size())
+
+    def write(self, material_id: str, record: dict[str, Any]) -> None:
+        """Add one material (see :func:`dftflow.dataset.harvest.record_from_density` for the record)."""
+        f = self._open()
+        g = f.create_group(f"materials/{material_id}")
+        nbytes = self._dataset(g, "total", record["total"])
+        if record.get("diff") is not None:
+            nbytes += self._dataset(g, "diff", record["diff"])
+        if record.get("magnetisation") is not None:
+            nbytes += self._dataset(g, "magnetisation", record["magnetisation"])
+        s = g.create_group("structure")
+        s.create_dataset("lattice", data=np.asarray(record["lattice"], dtype=np.float64))
+        s.create_dataset("frac_coords", data=np.asarray(record["frac_coords"], dtype=np.float64))
+        s.create_dataset("numbers", data=np.asarray(record["numbers"], dtype=np.int16))
+        for block, arrays in (record.get("augmentation") or {}).items():
+            flat = np.concatenate(arrays) if arrays else np.zeros(0)
+            offsets = np.cumsum([0] + [len(a) for a in arrays])
+            a = g.create_group(f"augmentation/{block}")
+            a.create_dataset("values", data=flat.astype(np.float64))
+            a.create_dataset("offsets", data=offsets.astype(np.int64))
+        for i, D in enumerate(record.get("density_matrices") or []):
+            g.create_dataset(f"paw_density_matrices/{i}", data=np.asarray(D, dtype=np.float64))
+        for key in ("nelect", "electrons", "electrons_diff", "functional", "engine", "engine_version",
+                    "settings_hash", "source", "formula"):
+            if record.get(key) is not None:
+                g.attrs[key] = record[key]
+        g.attrs["grid"] = list(np.asarray(record["total"]).shape)
+        g.attrs["provenance"] = json.dumps(record.get("provenance", {}), default=str)
+        g.attrs["settings"] = json.dumps(record.get("settings", {}), default=str)
+        g.attrs["units"] = UNITS
+        self._rows.append({"material_id": material_id, "formula": record.get("formula", ""),
+                           "nsites": len(record["numbers"]), "grid": list(np.asarray(record["total"]).shape),
+                           "functional": record.get("functional", ""), "engine": record.get("engine", ""),
+                           "nbytes": nbytes, "source": record.get("source", "")})
+        if len(self._rows) >= self.max_materials:
+            self.flush()
+
+    def flush(self) -> None:
+        """Close the open shard, move it into place and commit its materials to the manifest."""
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        partial = self.root / "shards" / (self._name + ".partial")
+        os.replace(partial, self.root / "shards" / self._name)
+        self.manifest.commit_shard(self._name, self._rows)
+        self._rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self.manifest.close()
+
+
+class Dataset:
+    """Read a dataset directory (only published shards, via the manifest)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        if not (self.root / "manifest.sqlite").exists():
+            from dftflow.errors import InputError
+
+            raise InputError(f"{self.root}: not a dftflow dataset (no manifest.sqlite)")
+        self.manifest = Manifest(self.root)
+        self._index = self.manifest.stored()
+        self._files: dict[str, h5py.File] = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def ids(self) -> list[str]:
+        return sorted(self._index)
+
+    def _group(self, material_id: str) -> h5py.Group:
+        shard = self._index[material_id]
+        if shard not in self._files:
+            self._files[shard] = h5py.File(self.root / "shards" / shard, "r")
+        return self._files[shard][f"materials/{material_id}"]
+
+    def read(self, material_id: str) -> dict[str, Any]:
+        g = self._group(material_id)
+        out: dict[str, Any] = {k: (v.item() if getattr(v, "size", 0) == 1 and hasattr(v, "item") else v)
+                               for k, v in g.attrs.items()}
+        out["provenance"] = json.loads(out.get("provenance", "{}"))
+        out["settings"] = json.loads(out.get("settings", "{}"))
+        out["grid"] = [int(x) for x in g.attrs["grid"]]
+        for name in ("total", "diff", "magnetisation"):
+            if name in g:
+                out[name] = g[name][()]
+        s = g["structure"]
+        out["lattice"], out["frac_coords"], out["numbers"] = s["lattice"][()], s["frac_coords"][()], s["numbers"][()]
+        if "augmentation" in g:
+            out["augmentation"] = {}
+            for block in g["augmentation"]:
+                values, offsets = g[f"augmentation/{block}/values"][()], g[f"augmentation/{block}/offsets"][()]
+                out["augmentation"][block] = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        if "paw_density_matrices" in g:
+            d = g["paw_density_matrices"]
+            out["density_matrices"] = [d[str(i)][()] for i in range(len(d))]
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+        self.manifest.close()

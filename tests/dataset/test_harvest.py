@@ -1,0 +1,158 @@
+"""Harvest real CHGCARs into HDF5 and back; quarantine; kill -9 and resume; GPAW projects."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from dftflow.dataset.harvest import from_directory, harvest
+from dftflow.dataset.store import Dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def tree(shared: Path, tmp_path: Path) -> Path:
+    """An ECD-like tree: one directory per material with its CHGCAR (and OUTCAR when known)."""
+    root = tmp_path / "runs"
+    for name in ("Li_nospin", "Li_spin"):
+        (root / name).mkdir(parents=True)
+        shutil.copy(shared / "fixtures" / "chgcar" / f"{name}.gz", root / name / "CHGCAR.gz")
+    si = shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs"
+    (root / "Si").mkdir()
+    shutil.copy(si / "CHGCAR.gz", root / "Si" / "CHGCAR.gz")
+    shutil.copy(si / "OUTCAR.gz", root / "Si" / "OUTCAR.gz")
+    return root
+
+
+def test_round_trip_matches_pymatgen(tree: Path, tmp_path: Path) -> None:
+    from pymatgen.io.vasp import Chgcar
+
+    from dftflow.density.chgcar import Density, write_chgcar
+
+    summary = harvest(list(from_directory(tree)), tmp_path / "ds")
+    assert summary["stored"] == 3 and summary["quarantined"] == 0
+    ds = Dataset(tmp_path / "ds")
+    assert ds.ids() == ["runs|Li_nospin", "runs|Li_spin", "runs|Si"]
+    for mid in ds.ids():
+        rec = ds.read(mid)
+        original = Chgcar.from_file(rec["source"])
+        volume = original.structure.volume
+        np.testing.assert_allclose(rec["total"] * volume, original.data["total"], rtol=2e-7, atol=1e-6)
+        assert rec["electrons"] == pytest.approx(original.data["total"].sum() / original.data["total"].size,
+                                                 rel=1e-12)
+        # back to a CHGCAR that pymatgen reads with the same values and blocks
+        from pymatgen.core import Lattice, Structure
+
+        structure = Structure(Lattice(rec["lattice"]), rec["numbers"], rec["frac_coords"])
+        density = Density(structure=structure, total=rec["total"].astype(np.float64) * volume,
+                          diff=None if "diff" not in rec else rec["diff"].astype(np.float64) * volume,
+                          magnetisation=None, augmentation=rec.get("augmentation"))
+        out = tmp_path / f"{mid}.CHGCAR"
+        write_chgcar(density, out)
+        back = Chgcar.from_file(str(out))
+        np.testing.assert_allclose(back.data["total"], original.data["total"], rtol=2e-7, atol=1e-6)
+        if "diff" in original.data:
+            np.testing.assert_allclose(back.data["diff"], original.data["diff"], rtol=2e-7, atol=1e-6)
+        assert back.data_aug.get("total") is not None or not original.data_aug.get("total")
+    spin = ds.read("runs|Li_spin")
+    assert "diff" in spin and spin["augmentation"]["total"]
+    si = ds.read("runs|Si")
+    assert si["nelect"] == 8.0 and si["engine"] == "vasp" and abs(si["electrons"] - 8.0) < 1e-2
+
+
+def test_bad_files_are_quarantined_and_the_rest_stored(tree: Path, tmp_path: Path) -> None:
+    import gzip
+
+    text = gzip.decompress((tree / "Li_nospin" / "CHGCAR.gz").read_bytes()).decode()
+    (tree / "truncated").mkdir()
+    (tree / "truncated" / "CHGCAR").write_text(text[: len(text) // 2])
+    (tree / "garbled").mkdir()
+    (tree / "garbled" / "CHGCAR").write_text(text.replace("0.", "x.", 50))
+    summary = harvest(list(from_directory(tree)), tmp_path / "ds")
+    assert summary["stored"] == 3 and summary["quarantined"] == 2
+    from dftflow.dataset.harvest import info
+
+    reasons = {q["material_id"]: q["reason"] for q in info(tmp_path / "ds")["quarantine"]}
+    assert set(reasons) == {"runs|truncated", "runs|garbled"}
+    assert all("CHGCAR" in r for r in reasons.values())
+    again = harvest(list(from_directory(tree)), tmp_path / "ds")
+    assert again["already_stored"] == 3 and again["stored"] == 0
+
+
+@pytest.mark.slow
+def test_kill_9_during_harvest_then_rerun_stores_each_material_once(shared: Path, tmp_path: Path) -> None:
+    src = shared / "fixtures" / "chgcar" / "Li_nospin.gz"
+    root = tmp_path / "many"
+    n = 40
+    for i in range(n):
+        (root / f"m{i:03d}").mkdir(parents=True)
+        shutil.copy(src, root / f"m{i:03d}" / "CHGCAR.gz")
+    out = tmp_path / "ds"
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
+            f"from dftflow.dataset.harvest import from_directory, harvest; "
+            f"harvest(list(from_directory(Path({str(root)!r}))), Path({str(out)!r}), shard_size=3)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline:
+        try:
+            stored = sqlite3.connect(out / "manifest.sqlite").execute(
+                "SELECT COUNT(*) FROM materials WHERE state='stored'").fetchone()[0]
+        except sqlite3.OperationalError:
+            stored = 0
+        if stored >= 6:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 6 <= stored < n
+    summary = harvest(list(from_directory(root)), out)
+    ds = Dataset(out)
+    assert len(ds.ids()) == n and summary["already_stored"] >= 6
+    seen = []
+    for shard in (out / "shards").glob("*.h5"):
+        with h5py.File(shard) as f:  # every published file opens and holds whole materials
+            for mid in f["materials"]:
+                assert f[f"materials/{mid}/total"].shape == (32, 32, 32)
+                seen.append(mid)
+    assert sorted(seen) == sorted(ds.ids())  # no material stored twice
+
+
+def test_gpaw_project_densities_with_density_matrices(tmp_path: Path) -> None:
+    pytest.importorskip("gpaw")
+    demo = REPO / "workflows" / "structures" / "demo"
+    (tmp_path / "s").mkdir()
+    for name in ("Si", "NaCl"):
+        shutil.copy(demo / f"{name}.cif", tmp_path / "s")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: h\nworkers: 2\nsources: [{type: cif, path: s, label: h}]\n"
+                      "dft: {static: gpaw_pbe_static, overrides: {ecut: 250, kpoint_density: 8}}\n"
+                      "harvest: {out: dataset}\n")
+    proc = subprocess.run([sys.executable, "-m", "dftflow", "build-dataset", str(recipe), "--project",
+                           str(tmp_path / "p"), "--json", "--no-figures"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    stage = json.loads(proc.stdout)["stages"]["harvest"]
+    assert stage["stored"] == 2
+    ds = Dataset(tmp_path / "p" / "dataset")
+    rec = ds.read("h:Si.cif@PBE")
+    assert rec["engine"] == "gpaw" and rec["engine_version"].startswith("26.")
+    assert len(rec["density_matrices"]) == 2 and rec["density_matrices"][0].shape == (1, 13, 13)
+    assert abs(rec["electrons"] - 8) < 1e-3 and rec["nelect"] == 8
+    assert rec["settings"]["parameters"]["mode"]["ecut"] == 250
+    info = json.loads(subprocess.run([sys.executable, "-m", "dftflow", "dataset", "info",
+                                      str(tmp_path / "p" / "dataset"), "--json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["materials"] == 2 and info["engines"] == {"gpaw": 2}

@@ -1,0 +1,109 @@
+"""The sharded HDF5 store: round trip, crash safety, claims between harvesters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from dftflow.dataset.store import Dataset, Manifest, ShardWriter
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def record(seed: int, grid=(12, 10, 8)) -> dict:
+    rng = np.random.default_rng(seed)
+    total = rng.random(grid) + 0.1
+    return {
+        "total": total, "diff": rng.normal(0, 0.01, grid), "lattice": np.eye(3) * 4.0,
+        "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]], "numbers": [11, 17],
+        "augmentation": {"total": [rng.random(13), rng.random(7)]},
+        "density_matrices": [rng.random((1, 13, 13)), rng.random((1, 13, 13))],
+        "nelect": 14.0, "electrons": float(total.sum() / total.size) * 64.0, "functional": "PBE", "engine": "gpaw",
+        "formula": "NaCl", "provenance": {"uid": f"m{seed}"}, "settings": {"ecut": 350}, "source": f"/x/{seed}",
+    }
+
+
+def test_round_trip_and_schema(tmp_path: Path) -> None:
+    w = ShardWriter(tmp_path, max_materials=2)
+    recs = {f"m{i}": record(i) for i in range(3)}
+    for mid, rec in recs.items():
+        assert w.claim(mid)
+        w.write(mid, rec)
+    w.close()
+    shards = sorted((tmp_path / "shards").glob("*.h5"))
+    assert len(shards) == 2 and not list((tmp_path / "shards").glob("*.partial"))
+    ds = Dataset(tmp_path)
+    assert ds.ids() == ["m0", "m1", "m2"]
+    got = ds.read("m1")
+    np.testing.assert_allclose(got["total"], recs["m1"]["total"], rtol=1e-7)  # float32 on disk
+    assert got["total"].dtype == np.float32 and got["units"] == "e/Angstrom^3"
+    np.testing.assert_allclose(got["diff"], recs["m1"]["diff"], rtol=1e-6, atol=1e-9)
+    assert [len(a) for a in got["augmentation"]["total"]] == [13, 7]
+    np.testing.assert_array_equal(got["augmentation"]["total"][1], recs["m1"]["augmentation"]["total"][1])
+    np.testing.assert_array_equal(got["density_matrices"][0], recs["m1"]["density_matrices"][0])
+    assert got["electrons"] == recs["m1"]["electrons"]  # float64 attribute, exact
+    assert got["provenance"] == {"uid": "m1"} and got["grid"] == [12, 10, 8]
+    with h5py.File(shards[0]) as f:
+        assert f.attrs["schema_version"] == 1
+        dset = f[f"materials/{next(iter(f['materials']))}/total"]
+        assert dset.compression == "gzip" and dset.shuffle and dset.chunks[:2] == (12, 10)
+    ds.close()
+
+
+def test_nothing_is_published_before_its_shard_is_closed(tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
+        from dataset.test_store import record
+        from dftflow.dataset.store import ShardWriter
+        w = ShardWriter(__import__('pathlib').Path({str(tmp_path)!r}), max_materials=100)
+        for i in range(3):
+            w.claim(f'm{{i}}'); w.write(f'm{{i}}', record(i))
+        os._exit(9)  # dies before the shard is closed
+    """)
+    subprocess.run([sys.executable, "-c", code], check=False)
+    assert list((tmp_path / "shards").glob("*.partial"))
+    assert Dataset(tmp_path).ids() == []
+    # a new harvester takes over the dead one's claims and drops its unpublished shard
+    w = ShardWriter(tmp_path)
+    assert not list((tmp_path / "shards").glob("*.partial"))
+    assert all(w.claim(f"m{i}") for i in range(3))
+    for i in range(3):
+        w.write(f"m{i}", record(i))
+    w.close()
+    assert Dataset(tmp_path).ids() == ["m0", "m1", "m2"]
+
+
+def test_live_claims_and_stored_materials_are_not_taken(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from pathlib import Path
+        from dftflow.dataset.store import Manifest
+        m = Manifest(Path({str(tmp_path)!r})); assert m.claim('busy'); print('ok', flush=True); time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        w = ShardWriter(tmp_path)
+        assert not w.claim("busy")  # a live harvester holds it
+        assert w.claim("free")
+        w.write("free", record(0))
+        w.close()
+        assert not Manifest(tmp_path).claim("free")  # stored: never written twice
+    finally:
+        holder.kill()
+        holder.wait()
+    assert Manifest(tmp_path).claim("busy")  # its holder is gone
+
+
+def test_not_a_dataset(tmp_path: Path) -> None:
+    from dftflow.errors import InputError
+
+    with pytest.raises(InputError, match="not a dftflow dataset"):
+        Dataset(tmp_path)
