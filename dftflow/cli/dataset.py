@@ -22,7 +22,8 @@ def harvest(
     json_: JsonOpt = False,
 ) -> None:
     """Harvest charge densities into an HDF5 dataset (resumable; bad files are quarantined)."""
-    from dftflow.dataset.harvest import from_directory, from_project, harvest as run
+    from dftflow.dataset.harvest import from_directory, from_project
+    from dftflow.dataset.harvest import harvest as run
 
     items = []
     for src in sources:
