@@ -37,7 +37,7 @@ def _group_bucket(task: tuple[list[DedupItem], dict[str, float]]) -> list[list[s
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     items, tol = task
-    items = sorted(items, key=lambda it: (it.priority, it.uid))
+    items = sorted(items, key=lambda it: (it.priority, -it.spacegroup, it.uid))
     matcher = StructureMatcher(ltol=tol["ltol"], stol=tol["stol"], angle_tol=tol["angle_tol"],
                                primitive_cell=True, scale=True, attempt_supercell=False)
     structures = [unpack(it.packed) for it in items]
@@ -81,3 +81,27 @@ def deduplicate(
             yield key, [[it.uid] for it in out.task[0]], out.error
         else:
             yield key, out.result, None
+
+
+def merge_across_buckets(
+    representatives: Iterable[DedupItem], *, ltol: float = 0.2, stol: float = 0.3, angle_tol: float = 5.0,
+    workers: int = 1, timeout: float | None = None,
+) -> list[list[str]]:
+    """Second pass: match bucket representatives that share a formula but not a bucket.
+
+    A strongly distorted copy of a crystal can land in a lower space group (and
+    so another bucket) than its parent; StructureMatcher still matches the two.
+    Representatives are few per formula (the distinct polymorphs), so this pass
+    is cheap. Returns the groups with more than one member, preferred first.
+    """
+    by_formula: dict[str, list[DedupItem]] = defaultdict(list)
+    for item in representatives:
+        by_formula[item.reduced_formula].append(item)
+    tol = {"ltol": ltol, "stol": stol, "angle_tol": angle_tol}
+    tasks = [(members, tol) for members in by_formula.values() if len({bucket_key(m) for m in members}) > 1]
+    merged = []
+    for out in run_tasks(_group_bucket, tasks, workers=workers, timeout=timeout, chunk_size=1,
+                         preload=("dftflow.screening.dedup",)):
+        if out.error is None:
+            merged.extend(g for g in out.result if len(g) > 1)
+    return merged

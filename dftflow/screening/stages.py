@@ -19,7 +19,7 @@ from dftflow.config.recipe import Recipe, ScreeningSettings, SelectorSettings
 from dftflow.errors import DftflowError
 from dftflow.parallel import run_tasks
 from dftflow.screening.base import params_hash
-from dftflow.screening.dedup import DedupItem, deduplicate
+from dftflow.screening.dedup import DedupItem, deduplicate, merge_across_buckets
 from dftflow.screening.pipeline import ChainTask, build_chain, chain_hash, chain_params
 from dftflow.screening.select import Candidate, select_subset
 from dftflow.sources.discover import ImportTask, discover, run_import_task
@@ -170,28 +170,40 @@ def run_dedup(catalog: Catalog, settings: ScreeningSettings, *, workers: int = 1
         return {**previous["summary"], "skipped": True}
 
     rows: list[tuple[str, str, str, str, dict[str, Any], str]] = []
-    errors = 0
+    errors = merged = 0
     if not cfg.enabled:
         rows = [(i.uid, "dedup", "pass", "", {"disabled": True}, digest) for i in items]
     else:
         progress.start("dedup", len(items))
-        for bucket, groups, error in deduplicate(items, ltol=cfg.ltol, stol=cfg.stol, angle_tol=cfg.angle_tol,
-                                                 workers=workers, timeout=settings.timeout_s * 10):
+        groups: dict[str, tuple[str, list[str], str | None]] = {}  # representative -> (bucket, duplicates, error)
+        for bucket, found, error in deduplicate(items, ltol=cfg.ltol, stol=cfg.stol, angle_tol=cfg.angle_tol,
+                                                workers=workers, timeout=settings.timeout_s * 10):
             errors += error is not None
-            for group in groups or []:
-                rep, dups = group[0], group[1:]
-                details: dict[str, Any] = {"bucket": bucket, "duplicates": dups}
-                if error:
-                    details["matcher_error"] = error
-                rows.append((rep, "dedup", "pass", "", details, digest))
-                rows.extend((d, "dedup", "fail", "duplicate", {"representative": rep, "bucket": bucket}, digest)
-                            for d in dups)
+            for group in found or []:
+                groups[group[0]] = (bucket, group[1:], error)
                 progress.advance(len(group))
+        by_uid = {i.uid: i for i in items}
+        for group in merge_across_buckets([by_uid[r] for r in groups], ltol=cfg.ltol, stol=cfg.stol,
+                                          angle_tol=cfg.angle_tol, workers=workers,
+                                          timeout=settings.timeout_s * 10):
+            keep = group[0]
+            for other in group[1:]:
+                _, dups, _ = groups.pop(other)
+                bucket, kept_dups, error = groups[keep]
+                groups[keep] = (bucket, kept_dups + [other, *dups], error)
+                merged += 1
+        for rep, (bucket, dups, error) in groups.items():
+            details: dict[str, Any] = {"bucket": bucket, "duplicates": dups}
+            if error:
+                details["matcher_error"] = error
+            rows.append((rep, "dedup", "pass", "", details, digest))
+            rows.extend((d, "dedup", "fail", "duplicate", {"representative": rep, "bucket": bucket}, digest)
+                        for d in dups)
     catalog.clear_outcomes("dedup")
     catalog.add_outcomes(rows)
     kept = sum(r[2] == "pass" for r in rows)
     summary = {"entered": len(items), "unique": kept, "duplicates": len(items) - kept,
-               "buckets_failed": errors}
+               "buckets_failed": errors, "merged_across_buckets": merged}
     catalog.finish_stage("dedup", {"digest": digest, **params}, summary)
     return summary
 

@@ -118,3 +118,18 @@ def test_selection_smaller_pool_than_size() -> None:
     pool = make_pool(10)
     sel = select_subset(pool, size=1000, max_atoms=None, max_elements=None)
     assert sorted(sel.uids) == sorted(c.uid for c in pool)
+
+
+def test_distorted_copy_in_another_bucket_is_merged_in_the_second_pass() -> None:
+    from dftflow.screening.dedup import merge_across_buckets
+
+    parent = rocksalt(5.64)
+    # Cl pushed 0.2 Å along [111]: rhombohedral R3m, same primitive cell size, another bucket
+    distorted = parent.get_primitive_structure()
+    distorted.translate_sites([1], np.array([1.0, 1.0, 1.0]) * 0.2 / np.sqrt(3), frac_coords=False)
+    items = [item("a-distorted", distorted), item("b-parent", parent)]
+    assert items[0].spacegroup == 160 and bucket_key(items[0]) != bucket_key(items[1])
+    assert groups_of(items) == [["a-distorted"], ["b-parent"]]  # the buckets never compare them
+    # the second pass does, and keeps the higher-symmetry structure as the representative
+    assert merge_across_buckets(items) == [["b-parent", "a-distorted"]]
+    assert merge_across_buckets([items[1], item("kcl", rocksalt(6.29, "K"))]) == []
