@@ -45,6 +45,11 @@ def build_dataset(
         console.print(f"jobs: {counts['COMPLETED']} completed, {counts['FAILED']} failed, {counts['LOST']} lost"
                       + ("; `dftflow status` shows why, `dftflow retry` runs them again"
                          if counts["FAILED"] or counts["LOST"] else ""))
+    harvested = summary["stages"].get("harvest")
+    if harvested:
+        console.print(f"dataset: {harvested['stored']} new densities stored, {harvested['already_stored']} already "
+                      f"there, {harvested['quarantined']} quarantined → {harvested['dataset']} "
+                      "(`dftflow dataset info` describes it)")
     for fig in summary.get("figures", []):
         console.print(f"figure: {fig}")
     console.print(f"project: {root}")
