@@ -29,6 +29,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dftflow.procs import pid_alive
+
 SCHEMA_VERSION = 1
 UNITS = "e/Angstrom^3"  # densities are stored as rho (electrons per cubic Angstrom), float32
 
@@ -46,13 +48,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 def _alive(host: str, pid: int | None) -> bool:
     if pid is None or host != socket.gethostname():
         return True  # cannot tell: keep the claim
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 class Manifest:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dftflow.procs import pid_alive
+
 STATES = ("WAITING", "READY", "RUNNING", "COMPLETED", "FAILED", "LOST")
 
 _SCHEMA = """
@@ -56,21 +58,6 @@ class NewJob:
     name: str
     payload: dict[str, Any]
     parents: list[str]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (killed, not yet reaped) counts as dead.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class JobQueue:
@@ -160,7 +147,7 @@ class JobQueue:
             for uuid, host, pid, beat, attempts, max_attempts, history in db.execute(
                     "SELECT uuid, host, pid, heartbeat, attempts, max_attempts, history FROM jobs "
                     "WHERE state='RUNNING'").fetchall():
-                if host == self.host and pid is not None and not _alive(pid):
+                if host == self.host and pid is not None and not pid_alive(pid):
                     why = f"worker pid {pid} on {host} died"
                 elif beat is not None and now - beat > self.lease_s:
                     why = f"no heartbeat from {host} for {now - beat:.0f} s"
