@@ -131,22 +131,12 @@ class Catalog:
         cur.row_factory = sqlite3.Row
         return cur.execute("SELECT * FROM structures WHERE uid=?", (uid,)).fetchone()
 
-    def failures(self) -> list[tuple[str, str]]:
-        return list(self.db.execute("SELECT uid, reason FROM structures WHERE status='failed' ORDER BY uid"))
-
     # -- outcomes -----------------------------------------------------------
     def add_outcomes(self, rows: list[tuple[str, str, str, str, dict[str, Any], str]]) -> None:
         """Rows of (uid, filter, status, reason, details, params_hash)."""
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO outcomes VALUES(?,?,?,?,?,?)",
                            [(u, f, s, r, json.dumps(d), h) for u, f, s, r, d, h in rows])
-
-    def outcomes_for(self, filter_name: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
-        return {u: (s, r, json.loads(d)) for u, s, r, d in self.db.execute(
-            "SELECT uid, status, reason, details FROM outcomes WHERE filter=?", (filter_name,))}
-
-    def uids_with_outcome(self, filter_name: str) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT uid FROM outcomes WHERE filter=?", (filter_name,))}
 
     def clear_outcomes(self, filter_name: str) -> None:
         with self.transaction() as db:

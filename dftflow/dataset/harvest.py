@@ -14,8 +14,6 @@ and the harvest goes on. Re-running skips what is stored.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import json
 import re
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dftflow.compression import decompress
 from dftflow.dataset.store import ShardWriter
 from dftflow.parallel import run_tasks
 
@@ -44,12 +43,7 @@ def safe_id(text: str) -> str:
 
 
 def _open_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    elif raw[:3] == b"BZh":
-        raw = bz2.decompress(raw)
-    return raw.decode(errors="replace")
+    return decompress(path.read_bytes()).decode(errors="replace")
 
 
 _NELECT = re.compile(r"NELECT\s*=\s*([0-9.]+)")

@@ -9,8 +9,6 @@ and says what is wrong when a value is missing, extra or garbled.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import lzma
 import math
 import os
@@ -22,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
+from dftflow.compression import decompress
 from dftflow.density._fortran import parse_clean_block, parse_token
 from dftflow.density.model import BLOCK_KEYS
 from dftflow.errors import DensityError
 
-_MAGIC = {b"\x1f\x8b": gzip.decompress, b"BZh": bz2.decompress, b"\xfd7zXZ\x00": lzma.decompress}
 _AUG = b"augmentation occupancies"
 _AUG_IMAG = b"augmentation occupancies (imaginary part)"
 # The end of a complete E-format number (also Fortran's '0.1-100').
@@ -39,13 +37,10 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise DensityError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
-    for magic, decompress in _MAGIC.items():
-        if raw.startswith(magic):
-            try:
-                raw = decompress(raw)
-            except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
-                raise DensityError(f"{path}: the compressed stream is damaged or cut short ({exc})") from exc
-            break
+    try:
+        raw = decompress(raw)
+    except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
+        raise DensityError(f"{path}: the compressed stream is damaged or cut short ({exc})") from exc
     if not raw or raw.isspace():
         raise DensityError(f"{path}: the file is empty")
     return raw

@@ -8,10 +8,7 @@ happens in :func:`run_import_task`, in worker processes, with a time bound.
 
 from __future__ import annotations
 
-import bz2
 import fnmatch
-import gzip
-import hashlib
 import lzma
 import tarfile
 import zipfile
@@ -21,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dftflow.compression import decompress
 from dftflow.errors import InputError
 from dftflow.sources.records import Imported, check_geometry
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-CIF_SUFFIXES = (".cif", ".cif.gz", ".cif.bz2", ".mcif")
 # What reading a damaged archive raises (a corrupt deflate/xz stream raises zlib/lzma
 # errors, an encrypted or unsupported zip member RuntimeError/NotImplementedError).
 _DAMAGE = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError,
@@ -54,11 +51,6 @@ def _matches(name: str, pattern: str) -> bool:
         if base.endswith(suffix):
             base = base[: -len(suffix)]
     return fnmatch.fnmatch(base, pattern.lower())
-
-
-def file_fingerprint(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 def discover(kind: str, path: Path, label: str, pattern: str = "*.cif") -> Iterator[ImportTask]:
@@ -166,11 +158,7 @@ def _read_text(path: str | None, data: bytes | None) -> str:
         raw = Path(path).read_bytes()
     else:
         raw = data
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    elif raw[:3] == b"BZh":
-        raw = bz2.decompress(raw)
-    return raw.decode("utf-8", errors="replace")
+    return decompress(raw).decode("utf-8", errors="replace")
 
 
 def run_import_task(task: ImportTask) -> list[Imported]:
@@ -183,7 +171,7 @@ def run_import_task(task: ImportTask) -> list[Imported]:
 
     try:
         text = _read_text(task.path, task.text)
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
         return [Imported(task.uid, task.provenance, error=f"cannot read file: {exc}")]
     return parse_cif_text(text, task.uid, task.provenance)
 
