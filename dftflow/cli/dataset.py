@@ -61,3 +61,69 @@ def info(dataset: Annotated[Path, typer.Argument(help="Dataset directory.")], js
     console.print("elements: " + ", ".join(f"{k} {v}" for k, v in data["elements"].items()))
     for q in data["quarantine"]:
         console.print(f"[yellow]quarantined[/] {q['material_id']}: {q['reason']}")
+
+
+@app.command("split")
+def split(
+    dataset: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Split file to write (JSON).")] = Path("split.json"),
+    seed: Annotated[int, typer.Option(help="Seed of the random assignment.")] = 0,
+    test: Annotated[float, typer.Option(help="Test size per functional: a fraction (< 1) or a count.")] = 0.1,
+    val: Annotated[float, typer.Option(help="Validation size per functional: a fraction or a count.")] = 0.05,
+    hse_test: Annotated[float | None, typer.Option(help="Test size of the HSE06 densities (default --test).")] = None,
+    hse_val: Annotated[float | None, typer.Option(help="Validation size of the HSE06 densities.")] = None,
+    workers: WorkersOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Split into train/validation/test for the ECD tasks (pbe-id, hse-id, pbe-to-hse, pbe+hse-tuning).
+
+    Densities of the same crystal (any functional, and duplicates by
+    StructureMatcher) always land in the same role, so no task tests on a
+    structure it trained on.
+    """
+    import json
+
+    from dftflow.dataset.split import default_sizes, split_dataset
+
+    data = split_dataset(dataset, seed=seed, test=test, val=val, sizes=default_sizes(hse_test, hse_val),
+                         workers=workers or 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1))
+    summary = {"out": str(out), "groups": data["groups"], "sets": {k: len(v) for k, v in data["sets"].items()},
+               "tasks": data["tasks"]}
+    if json_:
+        print_json(summary)
+        return
+    table = Table("set", "densities")
+    for name, members in data["sets"].items():
+        table.add_row(name, str(len(members)))
+    console.print(table)
+    console.print(f"{data['groups']['count']} structure groups "
+                  f"({data['groups']['with_duplicates']} with duplicates); tasks: {', '.join(data['tasks'])}")
+    console.print(f"→ {out}")
+
+
+@app.command("export")
+def export(
+    dataset: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
+    format_: Annotated[str, typer.Option("--format", help="Export format (charge3net).")] = "charge3net",
+    split_file: Annotated[Path | None, typer.Option("--split", help="Split file from `dataset split`.")] = None,
+    task: Annotated[str | None, typer.Option(help="Task of the split to export (e.g. pbe-id).")] = None,
+    spin: Annotated[bool, typer.Option(help="Stack the magnetisation density as a second channel.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Export grids and structures for other codes (ChargE3Net's filelist/.npy/_atoms.pkl layout)."""
+    from dftflow.dataset.export import export_charge3net
+    from dftflow.dataset.split import load_split
+
+    if format_ != "charge3net":
+        raise InputError(f"--format: unknown export format {format_!r} (known: charge3net)")
+    split_data = load_split(split_file) if split_file is not None else None
+    with RichProgress(enabled=not json_) as progress:
+        summary = export_charge3net(dataset, out, split=split_data, task=task, spin=spin, progress=progress)
+    if json_:
+        print_json(summary)
+        return
+    console.print(f"exported {summary['materials']} materials ({summary['written']} written, "
+                  f"{summary['kept']} already there) → {out}: {', '.join(summary['files'])}")

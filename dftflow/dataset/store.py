@@ -31,6 +31,17 @@ import numpy as np
 
 from dftflow.procs import pid_alive
 
+try:  # Intel ISA-L: zlib-format streams, 5-8x faster than zlib at a few per cent more bytes
+    from isal import isal_zlib
+
+    def _deflate(raw: bytes) -> bytes:
+        return isal_zlib.compress(raw, 2)
+except ImportError:  # pragma: no cover - platforms without ISA-L wheels
+    import zlib
+
+    def _deflate(raw: bytes) -> bytes:
+        return zlib.compress(raw, 1)
+
 SCHEMA_VERSION = 1
 UNITS = "e/Angstrom^3"  # densities are stored as rho (electrons per cubic Angstrom), float32
 
@@ -56,6 +67,10 @@ class Manifest:
         root.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(root / "manifest.sqlite", timeout=120, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # WAL with synchronous=NORMAL: a killed process loses no committed
+        # transaction; only a power cut can undo the last ones (never corrupt), and
+        # then the materials are simply harvested again.
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_MANIFEST)
         self.db.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
 
@@ -154,12 +169,25 @@ class ShardWriter:
         # chunks of whole x-y planes, ~512 kB: a full-grid read touches each chunk once
         plane = int(np.prod(data.shape[:-1])) * 4
         depth = max(1, min(data.shape[-1], (512 * 1024) // max(plane, 1)))
-        kwargs: dict[str, Any] = {"chunks": (*data.shape[:-1], depth), "shuffle": True}
-        if self.compression == "gzip":
-            kwargs.update(compression="gzip", compression_opts=4)
-        elif self.compression == "lzf":
-            kwargs.update(compression="lzf")
-        ds = group.create_dataset(name, data=data, **kwargs)
+        chunks = (*data.shape[:-1], depth)
+        if self.compression == "lzf":
+            ds = group.create_dataset(name, data=data, chunks=chunks, shuffle=True, compression="lzf")
+            return int(ds.id.get_storage_size())
+        if self.compression != "gzip":
+            ds = group.create_dataset(name, data=data, chunks=chunks)
+            return int(ds.id.get_storage_size())
+        # The standard shuffle + deflate pipeline, declared in the file so any HDF5
+        # reader decodes it; the chunks are shuffled and deflated here and written
+        # directly, because ISA-L deflates several times faster than zlib.
+        ds = group.create_dataset(name, shape=data.shape, dtype=np.float32, chunks=chunks, shuffle=True,
+                                  compression="gzip", compression_opts=1)
+        for z0 in range(0, data.shape[-1], depth):
+            block = data[..., z0 : z0 + depth]
+            if block.shape[-1] < depth:  # HDF5 stores edge chunks full size
+                block = np.concatenate([block, np.zeros((*block.shape[:-1], depth - block.shape[-1]), np.float32)],
+                                       axis=-1)
+            shuffled = np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes()
+            ds.id.write_direct_chunk((0,) * (data.ndim - 1) + (z0,), _deflate(shuffled))
         return int(ds.id.get_storage_size())
 
     def write(self, material_id: str, record: dict[str, Any]) -> None:
@@ -205,6 +233,11 @@ class ShardWriter:
         self._file.close()
         self._file = None
         partial = self.root / "shards" / (self._name + ".partial")
+        fd = os.open(partial, os.O_RDONLY)  # on disk before the manifest points at it
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(partial, self.root / "shards" / self._name)
         self.manifest.commit_shard(self._name, self._rows)
         self._rows = []
@@ -223,9 +256,13 @@ class Dataset:
             from dftflow.errors import InputError
 
             raise InputError(f"{self.root}: not a dftflow dataset (no manifest.sqlite)")
-        self.manifest = Manifest(self.root)
-        self._index = self.manifest.stored()
+        manifest = Manifest(self.root)
+        try:
+            self._index = manifest.stored()
+        finally:
+            manifest.close()
         self._files: dict[str, h5py.File] = {}
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self._index)
@@ -234,23 +271,47 @@ class Dataset:
         return sorted(self._index)
 
     def _group(self, material_id: str) -> h5py.Group:
-        shard = self._index[material_id]
+        try:
+            shard = self._index[material_id]
+        except KeyError:
+            from dftflow.errors import InputError
+
+            raise InputError(f"{self.root}: no material {material_id!r} in this dataset") from None
+        if self._pid != os.getpid():  # a forked DataLoader worker: HDF5 handles do not survive fork
+            self._files, self._pid = {}, os.getpid()
         if shard not in self._files:
             self._files[shard] = h5py.File(self.root / "shards" / shard, "r")
         return self._files[shard][f"materials/{material_id}"]
 
-    def read(self, material_id: str) -> dict[str, Any]:
+    def header(self, material_id: str) -> dict[str, Any]:
+        """Attributes and structure of one material, without its grids."""
         g = self._group(material_id)
         out: dict[str, Any] = {k: (v.item() if getattr(v, "size", 0) == 1 and hasattr(v, "item") else v)
                                for k, v in g.attrs.items()}
         out["provenance"] = json.loads(out.get("provenance", "{}"))
         out["settings"] = json.loads(out.get("settings", "{}"))
         out["grid"] = [int(x) for x in g.attrs["grid"]]
+        s = g["structure"]
+        out["lattice"], out["frac_coords"], out["numbers"] = s["lattice"][()], s["frac_coords"][()], s["numbers"][()]
+        out["has"] = [name for name in ("total", "diff", "magnetisation") if name in g]
+        return out
+
+    def grid(self, material_id: str, name: str = "total") -> h5py.Dataset:
+        """The HDF5 dataset of one grid (read slices of it; ``[()]`` reads it all)."""
+        g = self._group(material_id)
+        if name not in g:
+            from dftflow.errors import InputError
+
+            raise InputError(f"{self.root}: material {material_id} has no {name!r} grid")
+        return g[name]
+
+    def read(self, material_id: str) -> dict[str, Any]:
+        g = self._group(material_id)
+        out = self.header(material_id)
+        del out["has"]
         for name in ("total", "diff", "magnetisation"):
             if name in g:
                 out[name] = g[name][()]
-        s = g["structure"]
-        out["lattice"], out["frac_coords"], out["numbers"] = s["lattice"][()], s["frac_coords"][()], s["numbers"][()]
         if "augmentation" in g:
             out["augmentation"] = {}
             for block in g["augmentation"]:
@@ -265,7 +326,7 @@ class Dataset:
         return iter(self.ids())
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
+        if self._pid == os.getpid():
+            for f in self._files.values():
+                f.close()
         self._files.clear()
-        self.manifest.close()

@@ -1,0 +1,261 @@
+"""Harvest throughput, bytes per grid point and loader throughput of the HDF5 dataset.
+
+    OMP_NUM_THREADS=1 python bench/bench_dataset.py [--repeat 3] [--json out.json]
+
+Inputs (written once to a temporary directory, not timed):
+
+* the real VASP CHGCARs of the test fixtures (Si 40³ with augmentation
+  occupancies; Li without and with spin), plain and gzipped;
+* four CHGCARs on the exact grids and cells of the ECD runs in
+  ``fixtures/ecd_outcars`` (PbTiO3 60³, ZnO 48³, CdN 56³ spin-polarised,
+  Fe10Si6 108×108×72 spin-polarised): superposed atomic densities written in
+  VASP's own number format, with augmentation blocks per ion.
+
+Measured in the same run, on one core:
+
+1. **Harvest**: dftflow's ``harvest`` (parse, validate the value count,
+   Fortran numbers and electron count, float32 + shuffle + gzip, manifest),
+   against ``pymatgen Chgcar.from_file`` + ``VolumetricData.to_hdf5`` on the
+   same files. MB/s of CHGCAR text (uncompressed size); best of ``--repeat``.
+2. **Bytes per grid point** on disk against raw float64 (8 bytes), per set.
+3. **Loader**: ``ProbeDataset`` items per second with 200 probes each (cold
+   and warm page cache alike: the data are on local disk), and full-grid
+   reads through ``iter_grid`` in MB/s of float32 values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+SHARED = Path(os.environ.get("DFTFLOW_SHARED", REPO.parent / "shared"))
+ECD = {  # material: (grid, spin, valence per element from the ECD POTCARs)
+    "icsd-1611-O3Pb1Ti1_PBE": ((60, 60, 60), False, {"Pb": 14, "Ti": 12, "O": 6}),
+    "icsd-163383-O1Zn1_PBE": ((48, 48, 48), False, {"Zn": 12, "O": 6}),
+    "icsd-183198-Cd1N1_PBE": ((56, 56, 56), True, {"Cd": 12, "N": 5}),
+    "icsd-99966-Fe10Si6_PBE": ((108, 108, 72), True, {"Fe": 8, "Si": 4}),
+}
+AUG = {"O": 64, "N": 64, "Si": 138, "Pb": 324, "Ti": 324, "Zn": 324, "Cd": 324, "Fe": 324}
+
+
+def atomic_superposition(lattice: np.ndarray, frac: np.ndarray, symbols: list[str], valence: dict[str, int],
+                         grid: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """rho (e/Å^3) of two-shell Slater atoms on the grid, and a magnetisation from the d/f metals."""
+    axes = [np.arange(n) / n for n in grid]
+    g = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    rho = np.zeros(len(g))
+    mag = np.zeros(len(g))
+    for f, s in zip(frac, symbols):
+        d = g - f
+        d -= np.rint(d)
+        r = np.linalg.norm(d @ lattice, axis=1)
+        zv = valence[s]
+        core, valence_shell = 8.0, 2.2  # Slater exponents, 1/Å; each shell integrates to its electrons
+        shell = (0.35 * zv * core**3 * np.exp(-core * r) + 0.65 * zv * valence_shell**3 * np.exp(-valence_shell * r)) \
+            / (8 * np.pi)
+        rho += shell
+        if s in ("Fe", "Cd"):
+            mag += 0.12 * shell
+    return rho.reshape(grid), mag.reshape(grid)
+
+
+def write_chgcar(path: Path, poscar_lines: list[str], rho: np.ndarray, mag: np.ndarray | None, volume: float,
+                 aug_sizes: list[int], rng: np.random.Generator) -> None:
+    """A CHGCAR as VASP 5 writes it: POSCAR header, rho*V (x fastest), augmentation, then the spin block."""
+    out = ["".join(poscar_lines), "\n", "   " + "   ".join(str(n) for n in rho.shape) + "\n"]
+
+    from dftflow.density._fortran import format_fortran
+
+    def data(block: np.ndarray) -> None:
+        out.append(format_fortran((block * volume).ravel(order="F"), width=17, digits=11, per_line=5,
+                                  lead=" ").decode())
+        for ion, n in enumerate(aug_sizes, start=1):
+            out.append(f"augmentation occupancies{ion:4d}{n:4d}\n")
+            out.append(format_fortran(rng.normal(0, 0.2, n), width=15, digits=7, per_line=5).decode())
+
+    data(rho)
+    if mag is not None:
+        out.append("".join(f"{0.0:16.8E}" for _ in aug_sizes) + "\n")  # the per-ion moments line
+        out.append("   " + "   ".join(str(n) for n in rho.shape) + "\n")
+        data(mag)
+    path.write_text("".join(out))
+
+
+def make_inputs(root: Path) -> dict[str, list[Path]]:
+    """{set name: [directories with a CHGCAR]}; 'real' are the fixtures, 'ecd-grid' the synthetic ones."""
+    from pymatgen.io.vasp import Poscar
+
+    sets: dict[str, list[Path]] = {"real": [], "ecd-grid": []}
+    fixtures = SHARED / "fixtures"
+    for name, src in [("Si", fixtures / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz"),
+                      ("Li_nospin", fixtures / "chgcar" / "Li_nospin.gz"),
+                      ("Li_spin", fixtures / "chgcar" / "Li_spin.gz")]:
+        d = root / "real" / name
+        d.mkdir(parents=True)
+        with gzip.open(src, "rb") as fin, open(d / "CHGCAR", "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        sets["real"].append(d)
+    rng = np.random.default_rng(0)
+    for name, (grid, spin, valence) in ECD.items():
+        poscar_path = fixtures / "ecd_outcars" / name / "POSCAR"
+        poscar = Poscar.from_file(poscar_path)
+        s = poscar.structure
+        symbols = [site.specie.symbol for site in s]
+        rho, mag = atomic_superposition(s.lattice.matrix, s.frac_coords, symbols, valence, grid)
+        d = root / "ecd-grid" / name
+        d.mkdir(parents=True)
+        lines = poscar_path.read_text().splitlines(keepends=True)[:8 + len(s)]
+        write_chgcar(d / "CHGCAR", lines, rho, mag if spin else None, s.volume, [AUG[x] for x in symbols], rng)
+        sets["ecd-grid"].append(d)
+    # gzipped copies of both sets, as clusters keep them
+    for name in list(sets):
+        gz = []
+        for d in sets[name]:
+            g = root / f"{name}-gz" / d.name
+            g.mkdir(parents=True)
+            with open(d / "CHGCAR", "rb") as fin, gzip.open(g / "CHGCAR.gz", "wb", compresslevel=6) as fout:
+                shutil.copyfileobj(fin, fout)
+            gz.append(g)
+        sets[f"{name}-gz"] = gz
+    return sets
+
+
+def text_bytes(dirs: list[Path]) -> int:
+    total = 0
+    for d in dirs:
+        f = next(d.glob("CHGCAR*"))
+        if f.suffix == ".gz":
+            with gzip.open(f, "rb") as fh:
+                total += len(fh.read())
+        else:
+            total += f.stat().st_size
+    return total
+
+
+def time_pymatgen(dirs: list[Path], scratch: Path) -> tuple[float, int]:
+    """Seconds, and bytes of the HDF5 files written."""
+    from pymatgen.io.vasp import Chgcar
+
+    t0 = time.perf_counter()
+    for i, d in enumerate(dirs):
+        chg = Chgcar.from_file(str(next(d.glob("CHGCAR*"))))
+        chg.to_hdf5(str(scratch / f"ref{i}.h5"))
+    elapsed = time.perf_counter() - t0
+    return elapsed, sum(p.stat().st_size for p in scratch.glob("ref*.h5"))
+
+
+def stored_values(root: Path) -> int:
+    """Grid values stored (total plus magnetisation grids) in a dataset."""
+    from dftflow.dataset.store import Dataset
+
+    ds = Dataset(root)
+    try:
+        return sum(int(np.prod(h["grid"])) * (len(h["has"]) if "magnetisation" not in h["has"] else 4)
+                   for h in map(ds.header, ds.ids()))
+    finally:
+        ds.close()
+
+
+def time_dftflow(set_root: Path, out: Path) -> tuple[float, dict]:
+    from dftflow.dataset.harvest import from_directory, harvest
+
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    summary = harvest(list(from_directory(set_root)), out, workers=1)
+    return time.perf_counter() - t0, summary
+
+
+def loader_numbers(root: Path, n_epochs: int = 5) -> dict[str, float]:
+    from dftflow.dataset.loader import ProbeDataset, iter_grid
+    from dftflow.dataset.store import Dataset
+
+    ds = ProbeDataset(root, n_probes=200)
+    t0 = time.perf_counter()
+    n = 0
+    for epoch in range(n_epochs):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            ds[i]
+            n += 1
+    probe_rate = n / (time.perf_counter() - t0)
+    store = Dataset(root)
+    t0 = time.perf_counter()
+    nbytes = 0
+    for _ in range(n_epochs):
+        for mid in store.ids():
+            for slab in iter_grid(store, mid, positions=False):
+                nbytes += slab.values.nbytes
+    grid_rate = nbytes / 1e6 / (time.perf_counter() - t0)
+    store.close()
+    return {"probe_items_per_s": probe_rate, "full_grid_MB_per_s": grid_rate}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3, help="timings are the best of this many runs")
+    ap.add_argument("--json", type=Path, help="write the numbers here too")
+    args = ap.parse_args()
+    print("$ python", " ".join(shlex.quote(a) for a in sys.argv))
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        sets = make_inputs(root / "in")
+        print(f"inputs written in {time.perf_counter() - t0:.1f} s (not part of any timing)\n")
+        head = f"{'set':<14}{'files':>6}{'text MB':>9}{'dftflow MB/s':>14}{'pymatgen MB/s':>15}{'ratio':>7}" \
+               f"{'bytes/val':>10}{'vs f64':>8}{'pmg B/val':>10}"
+        print(head)
+        print("-" * len(head))
+        for name, dirs in sets.items():
+            mb = text_bytes(dirs) / 1e6
+            ours, ref = [], []
+            for _ in range(args.repeat):
+                t, summary = time_dftflow(root / "in" / name, root / "out" / name)
+                assert summary["stored"] == len(dirs) and summary["quarantined"] == 0, summary
+                ours.append(t)
+                scratch = root / "ref"
+                scratch.mkdir(exist_ok=True)
+                t_ref, ref_bytes = time_pymatgen(dirs, scratch)
+                ref.append(t_ref)
+                shutil.rmtree(scratch)
+            values = stored_values(root / "out" / name)
+            ours_bytes = sum(p.stat().st_size for p in (root / "out" / name / "shards").glob("*.h5"))
+            bpp = ours_bytes / values
+            r = {"files": len(dirs), "text_MB": mb, "dftflow_MB_per_s": mb / min(ours),
+                 "pymatgen_MB_per_s": mb / min(ref), "ratio": min(ref) / min(ours),
+                 "bytes_per_value": bpp, "vs_float64": bpp / 8.0, "pymatgen_hdf5_bytes_per_value": ref_bytes / values,
+                 "grid_values": values}
+            results[name] = r
+            print(f"{name:<14}{len(dirs):>6}{mb:>9.1f}{r['dftflow_MB_per_s']:>14.1f}{r['pymatgen_MB_per_s']:>15.1f}"
+                  f"{r['ratio']:>7.2f}{bpp:>10.3f}{bpp / 8:>8.3f}{ref_bytes / values:>10.2f}")
+        print("\nratio = dftflow throughput / pymatgen throughput (target >= 1.0); bytes/val = shard file bytes "
+              "per stored grid value\n(total and magnetisation grids, all metadata included); vs f64 = bytes/val / 8 "
+              "(target <= 0.35); pmg B/val = the same for pymatgen's to_hdf5 files\n")
+        for name in ("ecd-grid", "real"):
+            lr = loader_numbers(root / "out" / name)
+            results[f"loader-{name}"] = lr
+            print(f"loader on {name:<9} {lr['probe_items_per_s']:8.1f} structures/s with 200 probes, "
+                  f"full grid {lr['full_grid_MB_per_s']:7.1f} MB/s (float32)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
