@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from dftflow import __version__
-from dftflow.cli import build, candidates, dataset, jobs, profiles, recipes
+from dftflow.cli import build, candidates, dataset, inputs, jobs, profiles, recipes
 from dftflow.cli.common import err_console
 from dftflow.errors import DftflowError
 
@@ -49,6 +49,7 @@ app.add_typer(dataset.app, name="dataset")
 app.add_typer(candidates.app, name="candidates")
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(profiles.app, name="profiles")
+app.add_typer(inputs.app, name="inputs")
 
 
 def main(argv: list[str] | None = None) -> int:

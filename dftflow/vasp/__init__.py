@@ -1,0 +1,1 @@
+"""VASP: input sets, makers and jobs run through custodian."""

@@ -1,0 +1,317 @@
+"""VASP input sets: the ECD family, reproduced from the ECD OUTCARs, and the MP-compatible family.
+
+An input set (``inputsets/<name>.yaml``) resolves, for one structure, to the
+full INCAR, the k-point mesh and the POTCAR symbols, without POTCAR files:
+``dftflow inputs show`` prints exactly what a job will write.
+
+Precedence, lowest first: the input set (plus the rung of its fallback ladder
+in use) < the recipe's overrides < the user's overrides. An override of
+``None`` removes a tag.
+
+The ECD family is documented value by value, with the OUTCAR line each value
+was read from, in ``docs/inputsets.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+from pymatgen.core import Element, Structure
+
+from dftflow.config.base import StrictModel, load_yaml_model
+from dftflow.errors import ConfigError
+from dftflow.resources import resolve
+
+# Elements that start with a large moment (MP's MAGMOM table); the rest get ``default``.
+F_BLOCK = frozenset(el.symbol for el in Element if el.is_lanthanoid or el.is_actinoid)
+
+
+class KpointSettings(StrictModel):
+    """Γ-centred meshes. ``length``: VASP's fully automatic rule n_i = max(1, int(length·|b_i| + 0.5));
+    ``spacing``: n_i = max(1, round(|b_i| / spacing)), |b_i| in 1/Å without 2π."""
+
+    style: Literal["length", "spacing"] = "length"
+    length: float | None = Field(default=None, gt=0, description="Å (VASP's Rk)")
+    spacing: float | None = Field(default=None, gt=0, description="1/Å, reciprocal length per division")
+
+    def mesh(self, lattice: np.ndarray) -> tuple[int, int, int]:
+        b = np.linalg.norm(np.linalg.inv(np.asarray(lattice, dtype=float)).T, axis=1)
+        if self.style == "length":
+            if self.length is None:
+                raise ConfigError("kpoints: style 'length' needs 'length'")
+            return tuple(max(1, int(math.floor(self.length * x + 0.5))) for x in b)  # type: ignore[return-value]
+        if self.spacing is None:
+            raise ConfigError("kpoints: style 'spacing' needs 'spacing'")
+        return tuple(max(1, int(round(x / self.spacing))) for x in b)  # type: ignore[return-value]
+
+
+class HubbardSettings(StrictModel):
+    table: str = Field(description="U table file, relative to the input set")
+    ldautype: int = 2
+    applies: Literal["always", "oxides-fluorides"] = "always"
+
+
+class SpinSettings(StrictModel):
+    """``auto``: spin-polarised when an element of ``magnetic`` is present or the cell has an odd
+    number of valence electrons; ``on``/``off`` force it."""
+
+    mode: Literal["auto", "on", "off"] = "auto"
+    magnetic: list[str] = Field(default_factory=list, description="elements that switch ISPIN=2 on")
+    magmom: dict[str, float] = Field(default_factory=lambda: {"default": 0.6})
+
+
+class Rung(StrictModel):
+    """One step of the fallback ladder: changes to the INCAR and k-points, applied in order."""
+
+    name: str
+    incar: dict[str, Any] = Field(default_factory=dict)
+    kpoints: KpointSettings | None = None
+    reason: str = ""
+
+
+class VaspInputSet(StrictModel):
+    name: str
+    engine: Literal["vasp"] = "vasp"
+    family: Literal["ecd", "mp"]
+    calculation: Literal["relax", "static", "hse06-static"]
+    description: str = ""
+    incar: dict[str, Any] = Field(default_factory=dict)
+    kpoints: KpointSettings | None = None
+    potcars: str | None = Field(default=None, description="element → POTCAR symbol table, relative to this set")
+    hubbard: HubbardSettings | None = None
+    lmaxmix: dict[str, int] = Field(default_factory=dict, description="LMAXMIX when d (or f) elements are present")
+    spin: SpinSettings = Field(default_factory=SpinSettings)
+    ladder: list[Rung] = Field(default_factory=list)
+    pymatgen_set: str | None = Field(default=None, description="mp family: MPRelaxSet or MPStaticSet")
+
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    def table(self, rel: str) -> Path:
+        path = Path(rel)
+        return path if path.is_absolute() else self.base_dir / path
+
+
+class PotcarTable(StrictModel):
+    source: str = ""
+    symbols: dict[str, str]
+
+
+@dataclass
+class VaspInputs:
+    """What a VASP job writes: INCAR tags, the k-point mesh and the POTCAR symbols (in POSCAR order)."""
+
+    incar: dict[str, Any]
+    kpoints: dict[str, Any]
+    potcar_symbols: list[str]
+    structure: Structure
+    inputset: str
+    rung: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"incar": self.incar, "kpoints": self.kpoints, "potcar_symbols": self.potcar_symbols,
+                "inputset": self.inputset, "rung": self.rung, "notes": self.notes,
+                "species": [s for s, _ in _species_counts(self.structure)]}
+
+
+def load_vasp_inputset(name_or_path: str | Path) -> VaspInputSet:
+    path = resolve("inputsets", name_or_path)
+    inputset = load_yaml_model(path, VaspInputSet)
+    inputset.base_dir = path.parent
+    return inputset
+
+
+def _species_counts(structure: Structure) -> list[tuple[str, int]]:
+    """Species in POSCAR order (consecutive runs, as pymatgen's Poscar writes them)."""
+    out: list[tuple[str, int]] = []
+    for site in structure:
+        sym = site.specie.symbol
+        if out and out[-1][0] == sym:
+            out[-1] = (sym, out[-1][1] + 1)
+        else:
+            out.append((sym, 1))
+    return out
+
+
+def _merge(incar: dict[str, Any], layer: dict[str, Any] | None) -> None:
+    for key, value in (layer or {}).items():
+        key = key.upper()
+        if value is None:
+            incar.pop(key, None)
+        else:
+            incar[key] = value
+
+
+def resolve_inputs(
+    structure: Structure, inputset: VaspInputSet | str | Path, *, rung: int = 0,
+    overrides: list[dict[str, Any] | None] | None = None, previous: dict[str, Any] | None = None,
+) -> VaspInputs:
+    """Resolve ``inputset`` for ``structure``; ``overrides`` are the recipe then user INCAR layers.
+
+    ``previous`` carries what the run before this one found (``magnetization``
+    per cell, ``magmoms`` per site): a static after a relax inherits the relaxed
+    moments and switches ISPIN off when the relaxed cell is not magnetic
+    (|m| < 0.02 μB per atom, as atomate2 does).
+    """
+    iset = inputset if isinstance(inputset, VaspInputSet) else load_vasp_inputset(inputset)
+    if rung < 0 or rung > len(iset.ladder):
+        raise ConfigError(f"{iset.name}: rung {rung} does not exist (the ladder has {len(iset.ladder)} rungs)")
+    if iset.family == "mp":
+        return _resolve_mp(structure, iset, rung=rung, overrides=overrides)
+    species = _species_counts(structure)
+    symbols = [s for s, _ in species]
+    incar: dict[str, Any] = {}
+    _merge(incar, iset.incar)
+    kpoints = iset.kpoints
+    notes: list[str] = []
+    for step in iset.ladder[:rung]:
+        _merge(incar, step.incar)
+        kpoints = step.kpoints or kpoints
+        notes.append(f"rung {step.name}: {step.reason}")
+    # PAW datasets
+    potcar_symbols: list[str] = []
+    if iset.potcars:
+        table = load_yaml_model(iset.table(iset.potcars), PotcarTable).symbols
+        for s in symbols:
+            if s not in table:
+                raise ConfigError(f"{iset.table(iset.potcars)}: no POTCAR for element {s}")
+            potcar_symbols.append(table[s])
+    # Hubbard U
+    if iset.hubbard is not None:
+        from dftflow.inputsets import HubbardTable
+
+        table_path = iset.table(iset.hubbard.table)
+        values = {el: e.U for el, e in load_yaml_model(table_path, HubbardTable).values.items()}
+        anion_ok = iset.hubbard.applies == "always" or any(s in ("O", "F") for s in symbols)
+        if anion_ok and any(values.get(s, 0) > 0 for s in symbols):
+            orbital = {s: (3 if s in F_BLOCK else 2) if values.get(s, 0) > 0 else -1 for s in symbols}
+            incar.update(LDAU=True, LDAUTYPE=iset.hubbard.ldautype,
+                         LDAUL=[orbital[s] for s in symbols],
+                         LDAUU=[values.get(s, 0.0) if orbital[s] >= 0 else 0.0 for s in symbols],
+                         LDAUJ=[0.0 for _ in symbols])
+    # LMAXMIX by the highest open shell present
+    if iset.lmaxmix and "LMAXMIX" not in incar:
+        blocks = {Element(s).block for s in symbols}
+        if "f" in blocks and "f" in iset.lmaxmix:
+            incar["LMAXMIX"] = iset.lmaxmix["f"]
+        elif "d" in blocks and "d" in iset.lmaxmix:
+            incar["LMAXMIX"] = iset.lmaxmix["d"]
+    # spin
+    if "ISPIN" not in incar:
+        incar.update(_spin(structure, iset.spin, potcar_symbols, previous, notes))
+    if incar.get("ISPIN") == 1:
+        incar.pop("MAGMOM", None)
+    for layer in overrides or []:
+        _merge(incar, layer)
+    if kpoints is None:
+        raise ConfigError(f"{iset.name}: no k-point settings")
+    mesh = kpoints.mesh(structure.lattice.matrix)
+    kp = {"mesh": list(mesh), "style": "Gamma", "rule": kpoints.style,
+          kpoints.style: kpoints.length if kpoints.style == "length" else kpoints.spacing}
+    return VaspInputs(dict(sorted(incar.items())), kp, potcar_symbols, structure, iset.name, rung, notes)
+
+
+# Valence electrons (ZVAL) of PAW_PBE datasets where the rule in _zval is wrong.
+_ZVAL = {"He": 2, "Li_sv": 3, "La": 11, "Ce": 12, "Eu_2": 8, "Yb_2": 8, "Ac": 11, "Th": 12, "Pa": 13, "U": 14,
+         "Np": 15, "Pu": 16}
+
+
+def _zval(symbol: str, potcar: str | None) -> int:
+    """Valence electrons of a PAW_PBE dataset from its name: the spin rule needs the parity of the total."""
+    if (potcar or symbol) in _ZVAL:
+        return _ZVAL[potcar or symbol]
+    el = Element(symbol)
+    suffix = (potcar or symbol)[len(symbol):]
+    if el.block == "s":
+        base = el.group
+    elif el.block == "p":
+        base = el.group - 10
+        if suffix == "_d":
+            base += 10
+    elif el.block == "d":
+        base = el.group
+    else:
+        base = 11 if suffix == "_3" else (10 if suffix == "_2" else 3)
+    if suffix in ("_pv",) and el.block in "sd":
+        base += 6
+    if suffix == "_sv" and el.block in "sd":
+        base += 8
+    return base
+
+
+def _spin(structure: Structure, spin: SpinSettings, potcars: list[str], previous: dict[str, Any] | None,
+          notes: list[str]) -> dict[str, Any]:
+    symbols = [site.specie.symbol for site in structure]
+    if spin.mode == "off":
+        return {"ISPIN": 1}
+    if previous and previous.get("magnetization") is not None and spin.mode == "auto":
+        per_atom = abs(float(previous["magnetization"])) / len(structure)
+        if per_atom < 0.02:
+            notes.append(f"ISPIN=1: the previous run's magnetisation is {per_atom:.3f} μB/atom (< 0.02)")
+            return {"ISPIN": 1}
+        magmoms = previous.get("magmoms") or [spin.magmom.get(s, spin.magmom.get("default", 0.6)) for s in symbols]
+        return {"ISPIN": 2, "MAGMOM": [round(float(m), 3) for m in magmoms]}
+    table = dict(zip(dict.fromkeys(symbols), potcars or [None] * len(symbols)))
+    electrons = sum(_zval(s, table.get(s)) for s in symbols)
+    magnetic = any(s in spin.magnetic for s in symbols)
+    if spin.mode == "on" or magnetic or electrons % 2:
+        if spin.mode == "auto":
+            notes.append("ISPIN=2: " + ("a magnetic element is present" if magnetic
+                                         else f"odd number of valence electrons ({electrons})"))
+        return {"ISPIN": 2, "MAGMOM": [spin.magmom.get(s, spin.magmom.get("default", 0.6)) for s in symbols]}
+    return {"ISPIN": 1}
+
+
+def _resolve_mp(structure: Structure, iset: VaspInputSet, *, rung: int,
+                overrides: list[dict[str, Any] | None] | None) -> VaspInputs:
+    """The Materials Project sets, through pymatgen (which needs no POTCAR files for this)."""
+    import warnings
+
+    from pymatgen.io.vasp import sets
+
+    cls = getattr(sets, iset.pymatgen_set or "", None)
+    if cls is None:
+        raise ConfigError(f"{iset.name}: pymatgen has no input set {iset.pymatgen_set!r}")
+    user: dict[str, Any] = {}
+    _merge(user, iset.incar)
+    for step in iset.ladder[:rung]:
+        _merge(user, step.incar)
+    for layer in overrides or []:
+        _merge(user, layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vis = cls(structure, user_incar_settings=user)
+        incar = {k: v for k, v in dict(vis.incar).items()}
+        kp = vis.kpoints
+        symbols = list(vis.potcar_symbols)
+    mesh = [int(x) for x in kp.kpts[0]]
+    return VaspInputs(dict(sorted(incar.items())), {"mesh": mesh, "style": str(kp.style.name), "rule": "pymatgen",
+                                                    "comment": kp.comment}, symbols, structure, iset.name, rung)
+
+
+def write_inputs(inputs: VaspInputs, directory: Path, *, potcar_dir: Path | None = None) -> None:
+    """Write INCAR, KPOINTS, POSCAR and POTCAR (or POTCAR.spec when no POTCAR library is given)."""
+    from pymatgen.io.vasp import Incar, Kpoints, Poscar
+
+    directory.mkdir(parents=True, exist_ok=True)
+    Incar(inputs.incar).write_file(directory / "INCAR")
+    Kpoints.gamma_automatic(tuple(inputs.kpoints["mesh"])).write_file(directory / "KPOINTS")
+    Poscar(inputs.structure).write_file(directory / "POSCAR")
+    if potcar_dir is None:
+        (directory / "POTCAR.spec").write_text("\n".join(inputs.potcar_symbols) + "\n")
+        return
+    parts = []
+    for symbol in inputs.potcar_symbols:
+        path = next((p for p in (potcar_dir / symbol / "POTCAR", potcar_dir / f"POTCAR.{symbol}",
+                                 potcar_dir / symbol / "POTCAR.gz") if p.exists()), None)
+        if path is None:
+            raise ConfigError(f"{potcar_dir}: no POTCAR for {symbol} (looked for {symbol}/POTCAR)")
+        from dftflow.compression import decompress
+
+        parts.append(decompress(path.read_bytes()).decode())
+    (directory / "POTCAR").write_text("".join(parts))
