@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+./scripts/install_slurm.sh   # the scheduler tests start a one-node SLURM cluster
 export OMP_NUM_THREADS=1
 exec .venv/bin/python -m pytest "$@"

@@ -44,3 +44,39 @@ def show_profile(
         print_json(data)
         return
     console.print(Syntax(yaml.safe_dump(data, sort_keys=False), "yaml"))
+
+
+@app.command("check")
+def check_profile(
+    profile: Annotated[str, typer.Argument(help="Bundled profile name or path to a YAML file.")],
+    launch_dir: Annotated[str, typer.Option(help="Launch directory to show in the script.")]
+    = "<project>/launches/<launch-id>",
+    json_: JsonOpt = False,
+) -> None:
+    """Validate a profile and print the batch script a launch would submit."""
+    from pathlib import Path
+
+    from dftflow.execution.slurm import job_script
+
+    prof = load_profile(profile)
+    problems = []
+    if prof.scheduler == "slurm" and "vasp_std" not in prof.commands:
+        problems.append("commands.vasp_std is missing: VASP jobs would not know how to start VASP")
+    if prof.store.type == "mongodb" and prof.store.uri and "${" in prof.store.uri:
+        import os
+        import re
+
+        missing = [v for v in re.findall(r"\$\{(\w+)\}", prof.store.uri) if v not in os.environ]
+        if missing:
+            problems.append(f"store.uri uses unset environment variable(s): {', '.join(missing)}")
+    script = job_script(prof, Path(launch_dir)) if prof.scheduler == "slurm" else None
+    if json_:
+        print_json({"profile": prof.name, "valid": True, "warnings": problems, "script": script})
+        return
+    console.print(f"[green]valid[/]: {prof.name} ({prof.scheduler})")
+    for p in problems:
+        console.print(f"[yellow]warning[/]: {p}")
+    if script is None:
+        console.print("runs on this machine with local worker processes: no batch script")
+    else:
+        typer.echo(script)

@@ -18,14 +18,18 @@ class SlurmSettings(StrictModel):
     account: str | None = None
     partition: str | None = None
     qos: str | None = None
+    constraint: str | None = None
     nodes: int = Field(default=1, gt=0)
     ntasks_per_node: int = Field(default=1, gt=0)
     cpus_per_task: int = Field(default=1, gt=0)
     walltime: str = Field(default="01:00:00", description="[D-]HH:MM:SS")
+    mem: str | None = Field(default=None, description="--mem, e.g. 64G (omit for the site default)")
     modules: list[str] = Field(default_factory=list)
     pre_run: list[str] = Field(default_factory=list, description="shell lines before the launcher")
     extra_directives: list[str] = Field(default_factory=list, description="more #SBATCH lines")
     max_queued: int = Field(default=50, gt=0, description="jobs in the queue at once")
+
+    stop_margin_s: int = Field(default=300, ge=0, description="stop VASP cleanly this long before the walltime")
 
     @field_validator("walltime")
     @classmethod
@@ -33,6 +37,11 @@ class SlurmSettings(StrictModel):
         if not _WALLTIME.match(value):
             raise ValueError("walltime must look like HH:MM:SS or D-HH:MM:SS")
         return value
+
+    def walltime_seconds(self) -> int:
+        days, _, hms = self.walltime.rpartition("-")
+        h, m, s = (int(x) for x in hms.split(":"))
+        return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + s
 
 
 class StoreSettings(StrictModel):
@@ -56,6 +65,7 @@ class ClusterProfile(StrictModel):
     commands: dict[str, str] = Field(default_factory=dict, description="engine commands, e.g. vasp_std")
     store: StoreSettings = Field(default_factory=StoreSettings)
     pack: int = Field(default=1, gt=0, description="structures run in one allocation")
+    python: str | None = Field(default=None, description="interpreter on the compute nodes (default: this one)")
 
     @model_validator(mode="after")
     def _slurm(self) -> ClusterProfile:

@@ -77,9 +77,11 @@ def _heartbeat(path: Path, uuid: str, worker: str, stop: threading.Event, every:
         queue.close()
 
 
-def worker_loop(queue_path: str, root: str, worker: str, poll: float = 0.2, heartbeat_s: float = 10.0) -> None:
+def worker_loop(queue_path: str, root: str, worker: str, poll: float = 0.2, heartbeat_s: float = 10.0,
+                env: dict[str, str] | None = None) -> None:
     """Claim and run jobs until nothing can make progress."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.update(env or {})
     queue = JobQueue(queue_path)
     try:
         while True:
@@ -120,14 +122,21 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def run_workers(queue_path: Path, root: Path, workers: int,
-                on_tick: Callable[[dict[str, int]], None] | None = None, poll: float = 0.5) -> dict[str, int]:
-    """Run ``workers`` worker processes until the queue can make no more progress."""
+                on_tick: Callable[[dict[str, int]], None] | None = None, poll: float = 0.5,
+                env: dict[str, str] | None = None) -> dict[str, int]:
+    """Run ``workers`` worker processes until the queue can make no more progress.
+
+    Workers start from a fork server whose environment is the one of the first
+    call in this process; ``env`` is set in every worker explicitly (e.g. the
+    VASP command of the cluster profile).
+    """
     context = multiprocessing.get_context("forkserver")
     queue = JobQueue(queue_path)
     try:
         for _round in range(5):  # new rounds only if every worker died with work left
             procs = [context.Process(target=worker_loop,
-                                     args=(str(queue_path), str(root), f"{os.getpid()}-{_round}-{i}"))
+                                     args=(str(queue_path), str(root), f"{os.getpid()}-{_round}-{i}"),
+                                     kwargs={"env": env})
                      for i in range(workers)]
             for p in procs:
                 p.start()

@@ -88,6 +88,7 @@ class VaspInputSet(StrictModel):
     spin: SpinSettings = Field(default_factory=SpinSettings)
     ladder: list[Rung] = Field(default_factory=list)
     pymatgen_set: str | None = Field(default=None, description="mp family: MPRelaxSet or MPStaticSet")
+    reciprocal_density: int | None = Field(default=None, gt=0, description="mp family: k-points per Å⁻³")
 
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -285,7 +286,10 @@ def _resolve_mp(structure: Structure, iset: VaspInputSet, *, rung: int,
         _merge(user, layer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        vis = cls(structure, user_incar_settings=user)
+        kwargs: dict[str, Any] = {}
+        if iset.reciprocal_density:
+            kwargs["user_kpoints_settings"] = {"reciprocal_density": iset.reciprocal_density}
+        vis = cls(structure, user_incar_settings=user, **kwargs)
         incar = {k: v for k, v in dict(vis.incar).items()}
         kp = vis.kpoints
         symbols = list(vis.potcar_symbols)
