@@ -29,18 +29,23 @@ def status(project: ProjectArg = Path("demo-project"), json_: JsonOpt = False) -
     from dftflow.execution.dft_stage import results
     from dftflow.execution.queue import JobQueue
 
-    queue = JobQueue(_queue_path(project))
+    path = _queue_path(project)
+    launches = _recover(project)
+    queue = JobQueue(path)
     queue.detect_lost()
     counts = queue.counts()
     queue.close()
     rows = results(Project(project.resolve()))
     failures = [r for r in rows if r["state"] in ("FAILED", "LOST")]
     if json_:
-        print_json({"counts": counts, "failures": failures, "jobs": rows})
+        print_json({"counts": counts, "failures": failures, "jobs": rows, "launches": launches})
         return
     table = Table(*counts.keys(), title=f"DFT jobs in {project}")
     table.add_row(*(str(v) for v in counts.values()))
     console.print(table)
+    if launches:
+        active = [x for x in launches if x["state"] == "SUBMITTED"]
+        console.print(f"SLURM allocations: {len(active)} queued or running, {len(launches) - len(active)} finished")
     if failures:
         reasons = Counter(r["error"] for r in failures)
         fail = Table("uid", "job", "state", "reason", title="failures")
@@ -51,8 +56,54 @@ def status(project: ProjectArg = Path("demo-project"), json_: JsonOpt = False) -
                       "`dftflow retry` runs them again")
 
 
+def _submit_settings(project: Path) -> dict | None:
+    import json
+
+    path = project.resolve() / "submit.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _recover(project: Path) -> list[dict]:
+    """For projects run on SLURM: read back results of allocations (the store has one writer: us)."""
+    settings = _submit_settings(project)
+    if settings is None:
+        return []
+    from dftflow.config.profile import load_profile
+    from dftflow.execution.launches import Launcher
+
+    launcher = Launcher(project, load_profile(settings["profile"]))
+    try:
+        launcher.recover()
+        return launcher.launches()
+    finally:
+        launcher.close()
+
+
 def retry(project: ProjectArg = Path("demo-project"), workers: WorkersOpt = None, json_: JsonOpt = False) -> None:
-    """Run failed and lost DFT jobs again (and whatever waited on them)."""
+    """Run failed and lost DFT jobs again (and whatever waited on them).
+
+    On a SLURM project the jobs are requeued and new allocations submitted; a
+    relaxation continues from the CONTCAR its interrupted attempt left.
+    """
+    settings = _submit_settings(project)
+    if settings is not None:
+        from dftflow.config.profile import load_profile
+        from dftflow.execution.launches import Launcher
+        from dftflow.execution.queue import JobQueue
+
+        _queue_path(project)
+        launcher = Launcher(project, load_profile(settings["profile"]))
+        try:
+            launcher.recover()
+            requeued = launcher.queue.retry()
+            launched = launcher.launch()
+        finally:
+            launcher.close()
+        if json_:
+            print_json({"requeued": requeued, "launched": launched})
+            return
+        console.print(f"requeued {requeued} job(s); submitted {len(launched)} allocation(s)")
+        return
     from dftflow.build import _ticker, project_recipe
     from dftflow.execution.dft_stage import results
     from dftflow.execution.queue import JobQueue

@@ -91,7 +91,25 @@ def from_project(project_root: Path) -> Iterator[HarvestItem]:
         queue.close()
     for job in jobs:
         out = ((job["output"] or {}).get("output")) or {}
-        if job["state"] != "COMPLETED" or out.get("calculation") != "static" or not out.get("chgcar"):
+        if job["state"] != "COMPLETED" or not out.get("chgcar"):
+            continue
+        if out.get("engine") == "vasp":
+            if out.get("calculation") not in ("static", "hse06-static"):
+                continue
+            meta = {
+                "functional": out.get("functional"), "engine": "vasp",
+                "engine_version": (out.get("versions") or {}).get("vasp"),
+                "settings": {"incar": out.get("incar"), "kpoints": out.get("kpoints"),
+                             "potcar_symbols": out.get("potcar_symbols"), "inputset": out.get("inputset"),
+                             "rung": out.get("rung"), "versions": out.get("versions")},
+                "provenance": {"source": "project", "project": str(project_root), "uid": job["flow_id"],
+                               "job": job["uuid"], "dir": out.get("dir")},
+            }
+            outcar = out.get("outcar")
+            yield HarvestItem(safe_id(f"{job['flow_id']}@{out.get('functional')}"), out["chgcar"], meta,
+                              outcar=outcar if outcar and Path(outcar).exists() else None)
+            continue
+        if out.get("calculation") != "static":
             continue
         params = out.get("parameters", {})
         functional = params.get("xc", "PBE") + ("+U" if params.get("setups") else "")

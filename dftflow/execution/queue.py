@@ -79,14 +79,13 @@ class JobQueue:
 
     # -- adding work ---------------------------------------------------------
     def add_flow(self, flow_id: str, jobs: Iterable[NewJob], max_attempts: int = 3) -> int:
-        """Queue a flow's jobs; jobs already queued (same uuid) are left as they are."""
+        """Queue a flow's jobs, atomically; a flow id already queued is left as it is (returns 0)."""
         now = time.time()
         added = 0
         with self._tx() as db:
-            known = {u for (u,) in db.execute("SELECT uuid FROM jobs WHERE flow_id=?", (flow_id,))}
+            if db.execute("SELECT 1 FROM jobs WHERE flow_id=? LIMIT 1", (flow_id,)).fetchone():
+                return 0
             for job in jobs:
-                if job.uuid in known:
-                    continue
                 state = "WAITING" if job.parents else "READY"
                 db.execute("INSERT INTO jobs(uuid, flow_id, name, payload, state, max_attempts, created) "
                            "VALUES(?,?,?,?,?,?,?)",
@@ -110,6 +109,65 @@ class JobQueue:
             db.execute("UPDATE jobs SET state='RUNNING', worker=?, host=?, pid=?, started=?, heartbeat=?, "
                        "attempts=attempts+1 WHERE uuid=?", (worker, self.host, os.getpid(), now, now, row[0]))
         return QueuedJob(row[0], row[1], row[2], json.loads(row[3]), row[4] + 1)
+
+    def _pending(self, db: sqlite3.Connection, flow_ids: list[str]) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(flow_ids))
+        rows = db.execute(f"SELECT uuid, flow_id, name, payload FROM jobs WHERE flow_id IN ({marks}) "
+                          "AND state IN ('READY','WAITING') ORDER BY created, rowid", flow_ids).fetchall()
+        out = []
+        for uuid, flow_id, name, payload in rows:
+            parents = [p for (p,) in db.execute("SELECT parent FROM deps WHERE child=?", (uuid,))]
+            out.append({"uuid": uuid, "flow_id": flow_id, "name": name, "payload": json.loads(payload),
+                        "parents": parents})
+        return out
+
+    def pending_jobs(self, flow_ids: list[str]) -> list[dict[str, Any]]:
+        """The READY and WAITING jobs of these flows, in queue order, with their parents."""
+        return self._pending(self.db, list(flow_ids))
+
+    def claim_flows(self, flow_ids: list[str], worker: str, *, external: bool = True) -> list[dict[str, Any]]:
+        """Claim every pending job of these flows for one batch allocation (``worker``), atomically.
+
+        ``external`` claims carry no host/pid/heartbeat: the allocation cannot
+        report back, so only the scheduler can tell whether it is alive.
+        """
+        now = time.time()
+        with self._tx() as db:
+            jobs = self._pending(db, list(flow_ids))
+            for job in jobs:
+                db.execute("UPDATE jobs SET state='RUNNING', worker=?, host=?, pid=?, started=?, heartbeat=?, "
+                           "attempts=attempts+1 WHERE uuid=? AND state IN ('READY','WAITING')",
+                           (worker, None if external else self.host, None if external else os.getpid(),
+                            now, None if external else now, job["uuid"]))
+        return jobs
+
+    def release_claims(self, worker: str, state: str, *, uuids: Iterable[str] | None = None,
+                       reason: str | None = None) -> int:
+        """End ``worker``'s claims: FAILED/LOST (with ``reason``), READY, or AUTO (READY or WAITING by parents)."""
+        now = time.time()
+        n = 0
+        with self._tx() as db:
+            rows = db.execute("SELECT uuid, attempts, history FROM jobs WHERE state='RUNNING' AND worker=?",
+                              (worker,)).fetchall()
+            wanted = set(uuids) if uuids is not None else None
+            for uuid, attempts, history in rows:
+                if wanted is not None and uuid not in wanted:
+                    continue
+                new = state
+                if state == "AUTO":
+                    pending = db.execute("SELECT COUNT(*) FROM deps d JOIN jobs j ON j.uuid=d.parent "
+                                         "WHERE d.child=? AND j.state != 'COMPLETED'", (uuid,)).fetchone()[0]
+                    new = "WAITING" if pending else "READY"
+                if new in ("READY", "WAITING"):
+                    attempts = max(0, attempts - 1)  # it never ran: the attempt does not count
+                events = json.loads(history) + [{"time": now, "event": new.lower(), "reason": reason,
+                                                 "worker": worker}]
+                db.execute("UPDATE jobs SET state=?, worker=NULL, host=NULL, pid=NULL, attempts=?, finished=?, "
+                           "error=?, history=? WHERE uuid=?",
+                           (new, attempts, now if new in ("FAILED", "LOST") else None,
+                            reason if new in ("FAILED", "LOST") else None, json.dumps(events), uuid))
+                n += 1
+        return n
 
     def heartbeat(self, uuid: str, worker: str) -> bool:
         cur = self.db.execute("UPDATE jobs SET heartbeat=? WHERE uuid=? AND state='RUNNING' AND worker=?",

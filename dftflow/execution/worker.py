@@ -32,28 +32,40 @@ def flow_jobs(flow: Any) -> list[NewJob]:
     return out
 
 
+def job_dir_for(root: Path, flow_id: str, name: str, uuid: str) -> Path:
+    """The directory of one job: the same on every attempt, so a retry can continue from it."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in flow_id)
+    label = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return Path(root) / "calcs" / safe / f"{label}-{uuid[:8]}"
+
+
 def job_dir(root: Path, queued: QueuedJob) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in queued.flow_id)
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in queued.name)
-    return root / "calcs" / safe / f"{name}-{queued.uuid[:8]}"
+    return job_dir_for(root, queued.flow_id, queued.name, queued.uuid)
 
 
 def run_job(queued: QueuedJob, queue: JobQueue, root: Path) -> dict[str, Any]:
     """Run one jobflow job; returns its output document (JSON-ready)."""
+    from monty.json import MontyDecoder
+
+    job = MontyDecoder().process_decoded(queued.payload)
+    return execute_job(job, queue.outputs(job.input_uuids), job_dir(root, queued))
+
+
+def execute_job(job: Any, parents: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Run a jobflow job (or its stored form) in ``workdir`` with its parents' output documents."""
     from jobflow import JobStore
     from maggma.stores import MemoryStore
     from monty.json import MontyDecoder, jsanitize
 
-    job = MontyDecoder().process_decoded(queued.payload)
+    if isinstance(job, dict):
+        job = MontyDecoder().process_decoded(job)
     store = JobStore(MemoryStore())
     store.connect()
-    parents = queue.outputs(job.input_uuids)
     missing = set(job.input_uuids) - set(parents)
     if missing:
         raise RuntimeError(f"outputs of parent job(s) {', '.join(sorted(missing))} are not available")
     for doc in parents.values():
         store.docs_store.update(doc, key=["uuid", "index"])
-    workdir = job_dir(root, queued)
     workdir.mkdir(parents=True, exist_ok=True)
     cwd = os.getcwd()
     os.chdir(workdir)

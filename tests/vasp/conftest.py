@@ -20,7 +20,8 @@ def vasp_double(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         config = {
             "references": [
                 {"dir": str(base / "GGA_Relax_1"), "match": {"NSW": 99}},
-                {"dir": str(base / "GGA_Static"), "match": {"NSW": 0},
+                {"dir": str(base / "GGA_Relax_2"), "match": {"NSW": 99}},
+                {"dir": str(base / "GGA_Static"), "match": {"NSW": 0}, "tolerance": 0.01,
                  "chgcar": str(shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz")},
             ],
             "state": str(tmp_path / "double-state"),

@@ -76,3 +76,20 @@ def test_wrong_inputs_fail_with_the_doubles_reason(shared: Path, tmp_path: Path,
     out = run_flow(tmp_path, structure, env)
     assert out["counts"]["FAILED"] == 1
     assert "lattice" in out["jobs"]["relax"]["error"] or "k-mesh" in out["jobs"]["relax"]["error"]
+
+
+def test_vasp_project_densities_are_harvested(shared: Path, tmp_path: Path, vasp_double) -> None:
+    from dftflow.dataset.harvest import from_project, harvest
+    from dftflow.dataset.store import Dataset
+
+    out = run_flow(tmp_path, si(shared), vasp_double())
+    assert out["counts"]["COMPLETED"] == 2
+    items = list(from_project(tmp_path / "project"))
+    assert [i.material_id for i in items] == ["Si@PBE"]  # the static only: the relaxation keeps no density
+    summary = harvest(items, tmp_path / "dataset")
+    assert summary["stored"] == 1, summary
+    ds = Dataset(tmp_path / "dataset")
+    rec = ds.read("Si@PBE")
+    ds.close()
+    assert rec["engine"] == "vasp" and rec["nelect"] == 8.0 and rec["grid"] == [40, 40, 40]
+    assert rec["settings"]["incar"]["NSW"] == 0 and rec["provenance"]["uid"] == "Si"

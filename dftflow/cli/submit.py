@@ -1,0 +1,110 @@
+"""``dftflow submit`` and ``dftflow rocket``: VASP workflows on a SLURM cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dftflow.cli.common import JsonOpt, console, print_json
+from dftflow.errors import InputError
+
+ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project directory (created if missing).")]
+
+
+def _structures(paths: list[Path]) -> list[tuple[str, object]]:
+    from pymatgen.core import Structure
+
+    out, seen = [], set()
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        try:
+            structure = Structure.from_file(path)
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on bad files
+            raise InputError(f"{path}: cannot read a structure ({exc})") from exc
+        uid = path.stem if path.stem not in ("POSCAR", "CONTCAR") else path.resolve().parent.name
+        base, n = uid, 1
+        while uid in seen:
+            n += 1
+            uid = f"{base}-{n}"
+        seen.add(uid)
+        out.append((uid, structure))
+    return out
+
+
+def submit(
+    structures: Annotated[list[Path] | None, typer.Argument(help="Structure files (POSCAR, CIF, ...).")] = None,
+    project: ProjectOpt = Path("vasp-project"),
+    profile: Annotated[str, typer.Option(help="Cluster profile (name or YAML path).")] = "slurm-generic",
+    from_catalog: Annotated[bool, typer.Option(help="Also every structure kept by the project's dedup.")] = False,
+    relax_set: Annotated[str, typer.Option(help="Input set of the relaxation.")] = "ecd-pbe-relax",
+    static_set: Annotated[str, typer.Option(help="Input set of the static.")] = "ecd-pbe-static",
+    hse: Annotated[bool, typer.Option(help="Add the HSE06 static (from the PBE CHGCAR).")] = False,
+    hse_set: Annotated[str, typer.Option(help="Input set of the HSE06 static.")] = "ecd-hse06-static",
+    dry_run: Annotated[bool, typer.Option(help="Write the launch directories and scripts, do not sbatch.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Queue relax → static (→ HSE06) workflows and launch them on SLURM, packed per the profile.
+
+    Re-running it submits more allocations as earlier ones finish (up to the
+    profile's max_queued) and never queues a workflow twice.
+    """
+    from dftflow.config.profile import load_profile
+    from dftflow.execution.launches import Launcher
+    from dftflow.execution.queue import JobQueue
+    from dftflow.execution.worker import flow_jobs
+    from dftflow.vasp.jobs import vasp_flow
+
+    prof = load_profile(profile)
+    if prof.scheduler != "slurm":
+        raise InputError(f"profile {prof.name}: scheduler is {prof.scheduler}; submit needs a slurm profile")
+    root = project.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    items = _structures(list(structures or []))
+    if from_catalog:
+        from dftflow.catalog import Catalog
+        from dftflow.sources.records import unpack
+
+        catalog = Catalog(root / "catalog.sqlite")
+        for (uid,) in catalog.db.execute("SELECT uid FROM outcomes WHERE filter='dedup' AND status='pass'"):
+            items.append((uid, unpack(json.loads(catalog.get(uid)["data"]))))
+    queue = JobQueue(root / "jobs.sqlite")
+    added = 0
+    try:
+        for uid, structure in items:
+            if queue.has_flow(uid):
+                continue
+            flow = vasp_flow(structure, uid, relax_set=relax_set, static_set=static_set,
+                             hse_set=hse_set if hse else None)
+            queue.add_flow(uid, flow_jobs(flow))
+            added += 1
+    finally:
+        queue.close()
+    (root / "submit.json").write_text(json.dumps({"profile": str(profile), "relax_set": relax_set,
+                                                  "static_set": static_set, "hse_set": hse_set if hse else None}))
+    launcher = Launcher(root, prof)
+    try:
+        recovered = launcher.recover()
+        launched = launcher.launch(dry_run=dry_run)
+    finally:
+        launcher.close()
+    summary = {"workflows_added": added, "launched": launched, "recovered": recovered}
+    if json_:
+        print_json(summary)
+        return
+    console.print(f"queued {added} new workflow(s); submitted {len(launched)} allocation(s)"
+                  + (" (dry run: scripts written, nothing submitted)" if dry_run else ""))
+    for launch in launched:
+        console.print(f"  {launch['slurm_id'] or '-'}  {launch['dir']}  ({len(launch['flows'])} workflows, "
+                      f"{launch['jobs']} jobs)")
+
+
+def rocket(launch_dir: Annotated[Path, typer.Argument(help="Launch directory written by submit.")]) -> None:
+    """Run the jobs of one launch (on a compute node; started by the batch script)."""
+    from dftflow.execution.launches import rocket as run
+
+    failed = run(launch_dir)
+    raise typer.Exit(0 if failed == 0 else 3)
