@@ -61,6 +61,9 @@ def submit(
     prof = load_profile(profile)
     if prof.scheduler != "slurm":
         raise InputError(f"profile {prof.name}: scheduler is {prof.scheduler}; submit needs a slurm profile")
+    if prof.store.type != "file":
+        raise InputError(f"profile {prof.name}: store.type {prof.store.type} is not supported yet by submit "
+                         "(use store.type: file; see docs/execution.md)")
     root = project.resolve()
     root.mkdir(parents=True, exist_ok=True)
     items = _structures(list(structures or []))
@@ -72,15 +75,11 @@ def submit(
         for (uid,) in catalog.db.execute("SELECT uid FROM outcomes WHERE filter='dedup' AND status='pass'"):
             items.append((uid, unpack(json.loads(catalog.get(uid)["data"]))))
     queue = JobQueue(root / "jobs.sqlite")
-    added = 0
     try:
-        for uid, structure in items:
-            if queue.has_flow(uid):
-                continue
-            flow = vasp_flow(structure, uid, relax_set=relax_set, static_set=static_set,
-                             hse_set=hse_set if hse else None)
-            queue.add_flow(uid, flow_jobs(flow))
-            added += 1
+        new = [(uid, flow_jobs(vasp_flow(structure, uid, relax_set=relax_set, static_set=static_set,
+                                         hse_set=hse_set if hse else None)))
+               for uid, structure in items if not queue.has_flow(uid)]
+        added = queue.add_flows(new)  # one transaction; a flow another submit queued meanwhile is skipped
     finally:
         queue.close()
     (root / "submit.json").write_text(json.dumps({"profile": str(profile), "relax_set": relax_set,

@@ -94,6 +94,22 @@ class JobQueue:
                 added += 1
         return added
 
+    def add_flows(self, flows: Iterable[tuple[str, Iterable[NewJob]]], max_attempts: int = 3) -> int:
+        """Queue many flows in one transaction (flow ids already queued are skipped); returns flows added."""
+        now = time.time()
+        added = 0
+        with self._tx() as db:
+            for flow_id, jobs in flows:
+                if db.execute("SELECT 1 FROM jobs WHERE flow_id=? LIMIT 1", (flow_id,)).fetchone():
+                    continue
+                for job in jobs:
+                    db.execute("INSERT INTO jobs(uuid, flow_id, name, payload, state, max_attempts, created) "
+                               "VALUES(?,?,?,?,?,?,?)", (job.uuid, flow_id, job.name, json.dumps(job.payload),
+                                                         "WAITING" if job.parents else "READY", max_attempts, now))
+                    db.executemany("INSERT OR IGNORE INTO deps VALUES(?,?)", [(job.uuid, p) for p in job.parents])
+                added += 1
+        return added
+
     def has_flow(self, flow_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM jobs WHERE flow_id=? LIMIT 1", (flow_id,)).fetchone() is not None
 
