@@ -1,0 +1,1 @@
+"""The bundled ChargE3Net: model, graphs, training and inference."""

@@ -1,0 +1,218 @@
+"""ChargE3Net (Koker et al., npj Comput. Mater. 10, 161, 2024), written for dftflow with e3nn.
+
+The architecture follows the paper so that results compare:
+
+* atoms start as one-hot species (even scalars); ``num_interactions`` layers
+  of equivariant point convolutions — a tensor product of sender features
+  with the spherical harmonics (l ≤ ``lmax``) of the edge direction, its
+  weights from an MLP of a Gaussian radial basis of the edge length, summed
+  over neighbours within ``cutoff`` and normalised by ``num_neighbors``,
+  mixed with a self-connection — each followed by a gated nonlinearity;
+  hidden features hold every l ≤ ``lmax`` with both parities;
+* probe points (where the density is wanted) start as zeros and, at every
+  layer, receive one-way messages from the atoms within the cutoff, through
+  the same kind of convolution;
+* a linear readout of the probe features gives the density (one even scalar,
+  or two channels with ``spin``: total and magnetisation).
+
+``lmax = 0`` gives the invariant variant (invChargE3Net). The default sizes
+(``ml/charge3net.yaml``) are the paper's: 3 interactions, multiplicity 500,
+lmax 4, cutoff 4 Å, 20 Gaussians.
+
+Because the atoms' representation does not depend on the probes, it is
+computed once per structure (:meth:`ChargE3Net.atom_features`) and any number
+of probe chunks reuse it (:meth:`ChargE3Net.probe_density`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from e3nn import o3
+from e3nn.math import soft_one_hot_linspace
+from e3nn.nn import FullyConnectedNet, Gate
+from torch import nn
+
+NUM_SPECIES = 119  # one-hot over Z = 0..118
+
+
+@dataclass
+class ModelConfig:
+    num_interactions: int = 3
+    num_neighbors: float = 20.0
+    mul: int = 500
+    lmax: int = 4
+    cutoff: float = 4.0
+    num_basis: int = 20
+    radial_neurons: int = 100
+    spin: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hidden_irreps(mul: int, lmax: int) -> o3.Irreps:
+    """Both parities of every l ≤ lmax, each l with about mul / (lmax + 1) components in total."""
+    return o3.Irreps([(max(1, round(mul / (lmax + 1) / (2 * degree + 1))), (degree, parity))
+                      for degree in range(lmax + 1) for parity in (-1, 1)])
+
+
+def _reachable(irreps_in: o3.Irreps, irreps_edge: o3.Irreps, ir: o3.Irrep) -> bool:
+    return any(ir in ir1 * ir2 for _, ir1 in irreps_in for _, ir2 in irreps_edge)
+
+
+class GaussianBasis(nn.Module):
+    """Gaussians on [0, cutoff], standardised (zero mean, unit variance over the interval)."""
+
+    def __init__(self, cutoff: float, number: int, samples: int = 4000) -> None:
+        super().__init__()
+        self.cutoff, self.number = cutoff, number
+        with torch.no_grad():
+            r = torch.linspace(0.0, cutoff, samples + 1)[1:]
+            b = soft_one_hot_linspace(r, 0.0, cutoff, number, "gaussian", cutoff=False)
+            std, mean = torch.std_mean(b, dim=0)
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", 1.0 / std)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        b = soft_one_hot_linspace(r, 0.0, self.cutoff, self.number, "gaussian", cutoff=False)
+        return (b - self.mean) * self.inv_std
+
+
+class PointConvolution(nn.Module):
+    """Equivariant convolution from sender nodes to receiver nodes (the same set, or probes).
+
+    out = cos(θ) · selfconnection(receiver) + sin(θ) · conv, where conv sums
+    tensor products of (linearly mixed) sender features with the edge's
+    spherical harmonics, weighted by an MLP of the radial basis, and θ is a
+    learned scalar of the convolved features (started small so that the
+    self-connection dominates at initialisation).
+    """
+
+    def __init__(self, irreps_sender: o3.Irreps, irreps_receiver: o3.Irreps, irreps_edge: o3.Irreps,
+                 irreps_out: o3.Irreps, radial: list[int], num_neighbors: float) -> None:
+        super().__init__()
+        self.irreps_sender, self.irreps_receiver = o3.Irreps(irreps_sender), o3.Irreps(irreps_receiver)
+        self.irreps_out = o3.Irreps(irreps_out)
+        self.norm = num_neighbors ** -0.5
+        self.self_connection = o3.Linear(self.irreps_receiver, self.irreps_out)
+        self.pre = o3.Linear(self.irreps_sender, self.irreps_sender)
+        mid, paths = [], []
+        for i, (mul, ir_in) in enumerate(self.irreps_sender):
+            for j, (_, ir_edge) in enumerate(irreps_edge):
+                for ir in ir_in * ir_edge:
+                    if ir in self.irreps_out or ir == o3.Irrep("0e"):
+                        paths.append((i, j, len(mid), "uvu", True))
+                        mid.append((mul, ir))
+        mid_irreps = o3.Irreps(mid)
+        sorted_irreps, perm, _ = mid_irreps.sort()
+        paths = [(i, j, perm[k], mode, train) for i, j, k, mode, train in paths]
+        self.tp = o3.TensorProduct(self.irreps_sender, irreps_edge, sorted_irreps, paths,
+                                   internal_weights=False, shared_weights=False)
+        self.radial = FullyConnectedNet(radial + [self.tp.weight_numel], torch.nn.functional.silu)
+        self.post = o3.Linear(sorted_irreps, self.irreps_out)
+        self.angle = o3.Linear(sorted_irreps, "0e")
+        # components of the output that the self-connection cannot produce are taken from conv alone
+        mask = torch.zeros(self.irreps_out.dim)
+        for (_, ir), sl in zip(self.irreps_out, self.irreps_out.slices()):
+            if ir in self.irreps_receiver:
+                mask[sl] = 1.0
+        self.register_buffer("has_self", mask)
+
+    def forward(self, sender: torch.Tensor, receiver: torch.Tensor, edge_sender: torch.Tensor,
+                edge_receiver: torch.Tensor, edge_sh: torch.Tensor, edge_basis: torch.Tensor) -> torch.Tensor:
+        weights = self.radial(edge_basis)
+        messages = self.tp(self.pre(sender)[edge_sender], edge_sh, weights)
+        summed = messages.new_zeros(receiver.shape[0], messages.shape[1])
+        summed.index_add_(0, edge_receiver, messages)
+        summed = summed * self.norm
+        theta = 0.1 * self.angle(summed)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        sin = (1 - self.has_self) + sin * self.has_self
+        return cos * self.self_connection(receiver) + sin * self.post(summed)
+
+
+def _gate(irreps_in: o3.Irreps, irreps_edge: o3.Irreps, hidden: o3.Irreps) -> Gate:
+    """A gated nonlinearity whose input irreps are reachable from ``irreps_in`` ⊗ edge harmonics."""
+    scalars = o3.Irreps([(m, ir) for m, ir in hidden if ir.l == 0 and _reachable(irreps_in, irreps_edge, ir)])
+    gated = o3.Irreps([(m, ir) for m, ir in hidden if ir.l > 0 and _reachable(irreps_in, irreps_edge, ir)])
+    gate_ir = "0e" if _reachable(irreps_in, irreps_edge, o3.Irrep("0e")) else "0o"
+    gates = o3.Irreps([(m, gate_ir) for m, _ in gated]).simplify()
+    act = {1: torch.nn.functional.silu, -1: torch.tanh}
+    act_gate = {1: torch.sigmoid, -1: torch.tanh}
+    return Gate(scalars.simplify(), [act[ir.p] for _, ir in scalars.simplify()],
+                gates, [act_gate[ir.p] for _, ir in gates], gated)
+
+
+class ChargE3Net(nn.Module):
+    """Atoms → equivariant features; probes ← one-way messages; density at the probes (e/Å³)."""
+
+    def __init__(self, config: ModelConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.config = config or ModelConfig(**kwargs)
+        c = self.config
+        self.irreps_sh = o3.Irreps.spherical_harmonics(c.lmax)
+        self.basis = GaussianBasis(c.cutoff, c.num_basis)
+        hidden = hidden_irreps(c.mul, c.lmax)
+        radial = [c.num_basis, c.radial_neurons]
+        self.atom_convs, self.atom_gates = nn.ModuleList(), nn.ModuleList()
+        self.probe_convs, self.probe_gates = nn.ModuleList(), nn.ModuleList()
+        atom_irreps = o3.Irreps(f"{NUM_SPECIES}x0e")
+        probe_irreps = o3.Irreps("0e")
+        for _ in range(c.num_interactions):
+            gate = _gate(atom_irreps, self.irreps_sh, hidden)
+            self.atom_convs.append(PointConvolution(atom_irreps, atom_irreps, self.irreps_sh, gate.irreps_in,
+                                                    radial, c.num_neighbors))
+            self.atom_gates.append(gate)
+            new_atom_irreps = gate.irreps_out
+            # probes listen to the atoms' features of this layer
+            pgate = _gate(new_atom_irreps, self.irreps_sh, hidden)
+            self.probe_convs.append(PointConvolution(new_atom_irreps, probe_irreps, self.irreps_sh,
+                                                     pgate.irreps_in, radial, c.num_neighbors))
+            self.probe_gates.append(pgate)
+            atom_irreps, probe_irreps = new_atom_irreps, pgate.irreps_out
+        self.readout = o3.Linear(probe_irreps, "0e + 0e" if c.spin else "0e")
+
+    # -- geometry ---------------------------------------------------------------------------------
+    @staticmethod
+    def edge_vectors(sender_pos: torch.Tensor, receiver_pos: torch.Tensor, cell: torch.Tensor,
+                     sender: torch.Tensor, receiver: torch.Tensor, shift: torch.Tensor,
+                     edge_graph: torch.Tensor) -> torch.Tensor:
+        """receiver − (sender + shift · cell), with each edge's own cell (``edge_graph`` indexes ``cell``)."""
+        offset = torch.einsum("ei,eij->ej", shift.to(cell.dtype), cell[edge_graph])
+        return receiver_pos[receiver] - (sender_pos[sender] + offset)
+
+    def _edge_features(self, vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
+        return sh, self.basis(vec.norm(dim=1))
+
+    # -- forward ----------------------------------------------------------------------------------
+    def atom_features(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per-layer atom features; ``batch`` holds numbers, positions, cell, atom_graph and atom edges."""
+        x = torch.nn.functional.one_hot(batch["numbers"].long(), NUM_SPECIES).to(batch["positions"].dtype)
+        vec = self.edge_vectors(batch["positions"], batch["positions"], batch["cell"], batch["atom_edge_sender"],
+                                batch["atom_edge_receiver"], batch["atom_edge_shift"],
+                                batch["atom_graph"][batch["atom_edge_receiver"]])
+        sh, basis = self._edge_features(vec)
+        layers = []
+        for conv, gate in zip(self.atom_convs, self.atom_gates):
+            x = gate(conv(x, x, batch["atom_edge_sender"], batch["atom_edge_receiver"], sh, basis))
+            layers.append(x)
+        return layers
+
+    def probe_density(self, batch: dict[str, torch.Tensor], atoms: list[torch.Tensor]) -> torch.Tensor:
+        """Density at the probes of ``batch`` (probe_positions, probe_graph, probe edges)."""
+        vec = self.edge_vectors(batch["positions"], batch["probe_positions"], batch["cell"],
+                                batch["probe_edge_sender"], batch["probe_edge_receiver"], batch["probe_edge_shift"],
+                                batch["probe_graph"][batch["probe_edge_receiver"]])
+        sh, basis = self._edge_features(vec)
+        p = batch["probe_positions"].new_zeros(batch["probe_positions"].shape[0], 1)
+        for conv, gate, a in zip(self.probe_convs, self.probe_gates, atoms):
+            p = gate(conv(a, p, batch["probe_edge_sender"], batch["probe_edge_receiver"], sh, basis))
+        out = self.readout(p)
+        return out if self.config.spin else out[:, 0]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.probe_density(batch, self.atom_features(batch))
