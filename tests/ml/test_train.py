@@ -1,0 +1,54 @@
+"""Training: a short run on a real density lowers the error; resume continues the same loss curve."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dftflow.dataset.harvest import from_directory, harvest
+from dftflow.ml.train import TrainConfig, load_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def si_dataset(shared: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("si")
+    (root / "src" / "Si").mkdir(parents=True)
+    shutil.copy(shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz",
+                root / "src" / "Si" / "CHGCAR.gz")
+    assert harvest(list(from_directory(root / "src")), root / "ds")["stored"] == 1
+    return root / "ds"
+
+
+def config(dataset: Path, out: Path, steps: int, **optim) -> TrainConfig:
+    return TrainConfig.model_validate({
+        "model": {"num_interactions": 2, "mul": 16, "lmax": 1, "num_basis": 8, "radial_neurons": 16},
+        "data": {"dataset": str(dataset), "train_ids": ["src|Si"], "val_ids": ["src|Si"], "n_probes": 64,
+                 "batch_size": 2, "val_probes": 2000},
+        "optim": {"lr": 0.01, "decay_steps": 100, "max_steps": steps, "val_every": 5, "checkpoint_every": 3,
+                  **optim},
+        "seed": 3, "out": str(out)})
+
+
+def losses(out: Path) -> list[float]:
+    return [float(r["loss"]) for r in csv.DictReader((out / "log.csv").open())]
+
+
+def test_resume_continues_the_same_loss_curve(si_dataset: Path, tmp_path: Path) -> None:
+    straight = train(config(si_dataset, tmp_path / "a", 6))
+    train(config(si_dataset, tmp_path / "b", 3))
+    resumed = train(config(si_dataset, tmp_path / "b", 6), resume=True)
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-6)
+    assert resumed["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-6)
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
+    assert ckpt["state"]["step"] == 6 and ckpt["model_config"]["lmax"] == 1 and "rng" in ckpt
+
+
+def test_training_lowers_the_density_error(si_dataset: Path, tmp_path: Path) -> None:
+    summary = train(config(si_dataset, tmp_path / "fit", 150, lr=0.01, val_every=25))
+    rows = [r for r in csv.DictReader((tmp_path / "fit" / "log.csv").open()) if r["val_eps_mae"]]
+    first, best = float(rows[0]["val_eps_mae"]), summary["best_val_eps_mae"]
+    assert best < 0.4 * first and best < 0.15, [(r["step"], r["val_eps_mae"]) for r in rows]
+    assert (tmp_path / "fit" / "checkpoint_best.pt").exists()
