@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from dftflow import __version__
-from dftflow.cli import build, candidates, dataset, inputs, jobs, profiles, recipes, submit
+from dftflow.cli import build, candidates, dataset, inputs, jobs, ml, profiles, recipes, submit
 from dftflow.cli.common import err_console
 from dftflow.errors import DftflowError
 
@@ -44,6 +44,7 @@ def _root(
 app.command("build-dataset")(build.build_dataset)
 app.command("submit")(submit.submit)
 app.command("rocket", hidden=True)(submit.rocket)
+app.command("train")(ml.train)
 app.command("status")(jobs.status)
 app.command("retry")(jobs.retry)
 app.command("harvest")(dataset.harvest)

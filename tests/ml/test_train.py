@@ -52,3 +52,36 @@ def test_training_lowers_the_density_error(si_dataset: Path, tmp_path: Path) -> 
     first, best = float(rows[0]["val_eps_mae"]), summary["best_val_eps_mae"]
     assert best < 0.4 * first and best < 0.15, [(r["step"], r["val_eps_mae"]) for r in rows]
     assert (tmp_path / "fit" / "checkpoint_best.pt").exists()
+
+
+def test_two_process_ddp_equals_one_process(shared: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import torch
+    import yaml
+
+    src = tmp_path / "src"
+    for name, path in (("Si", shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz"),
+                       ("Li", shared / "fixtures" / "chgcar" / "Li_nospin.gz")):
+        (src / name).mkdir(parents=True)
+        shutil.copy(path, src / name / "CHGCAR.gz")
+    assert harvest(list(from_directory(src)), tmp_path / "ds")["stored"] == 2
+    runs = {}
+    for procs in (1, 2):
+        cfg = config(tmp_path / "ds", tmp_path / f"out{procs}", 4).model_dump()
+        cfg["data"].update(train_ids=["src|Li", "src|Si"], val_ids=None, batch_size=2)
+        cfg["dtype"] = "float64"
+        path = tmp_path / f"cfg{procs}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+                    "-m", "dftflow"] if procs > 1 else [sys.executable, "-m", "dftflow"]
+        res = subprocess.run([*launcher, "train", str(path), "--json"], capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        summary = json.loads(res.stdout[res.stdout.index("{"):])
+        assert summary["steps"] == 4
+        runs[procs] = torch.load(tmp_path / f"out{procs}" / "checkpoint_last.pt", weights_only=False)["model"]
+    assert losses(tmp_path / "out2") == pytest.approx(losses(tmp_path / "out1"), rel=1e-9)
+    for key, value in runs[1].items():
+        torch.testing.assert_close(runs[2][key], value, rtol=1e-9, atol=1e-12)
