@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from dftflow.cli.common import JsonOpt, RichProgress, console, print_json
@@ -58,3 +59,115 @@ def train(
     console.print(f"{summary['steps']} steps, final loss {summary['final_loss']:.4g}"
                   + (f", best validation ε_mae {100 * best:.2f} %" if best is not None else "")
                   + f" → {Path(summary['out'])}")
+
+
+def _nelect(structure: Any, how: str) -> float | None:
+    if how == "none":
+        return None
+    if how != "auto":
+        try:
+            return float(how)
+        except ValueError:
+            raise InputError(f"--nelect {how!r}: auto, none or a number") from None
+    from dftflow.config.base import load_yaml_model
+    from dftflow.vasp.inputs import PotcarTable, _zval, load_vasp_inputset
+
+    iset = load_vasp_inputset("ecd-pbe-static")
+    table = load_yaml_model(iset.table(iset.potcars), PotcarTable).symbols
+    return float(sum(_zval(site.specie.symbol, table.get(site.specie.symbol)) for site in structure))
+
+
+def predict(
+    structures: Annotated[list[Path], typer.Argument(help="Structure files (POSCAR, CIF, ...).")],
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint (checkpoint_best.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for <name>/CHGCAR.")] = Path("predicted"),
+    grid: Annotated[str | None, typer.Option(help="Grid 'nx,ny,nz' (default: from --spacing).")] = None,
+    spacing: Annotated[float, typer.Option(help="Largest grid spacing in Å when --grid is not given.")] = 0.1,
+    nelect: Annotated[str, typer.Option(help="Rescale to this many electrons: auto (VASP-recommended PAW "
+                                             "valence), none, or a number.")] = "auto",
+    chunk: Annotated[int, typer.Option(help="Probe points per chunk (memory bound).")] = 20000,
+    json_: JsonOpt = False,
+) -> None:
+    """Predict the full-grid density of any structure (no density file needed) and write a CHGCAR."""
+    from dftflow.ml.predict import default_grid, load_model, predict_grid, rescale, write_prediction_chgcar
+    from dftflow.ml.saed import add_saed
+
+    net, ckpt = load_model(model)
+    rows = []
+    for path in structures:
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        from pymatgen.core import Structure
+
+        try:
+            structure = Structure.from_file(path)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{path}: cannot read a structure ({exc})") from exc
+        shape = tuple(int(x) for x in grid.split(",")) if grid else default_grid(structure.lattice.matrix, spacing)
+        if len(shape) != 3:
+            raise InputError(f"--grid {grid!r}: expected nx,ny,nz")
+        with RichProgress(enabled=not json_) as progress:
+            result = predict_grid(net, structure, shape, chunk=chunk, progress=progress)
+        rho = result["rho"][..., 0] if net.config.spin else result["rho"]
+        rho = add_saed(rho, structure, ckpt.get("saed"))
+        electrons = float(rho.sum(dtype=np.float64) * structure.volume / rho.size)
+        target = _nelect(structure, nelect)
+        factor = 1.0
+        if target is not None:
+            rho, factor = rescale(rho, structure.volume, target)
+        name = path.stem if path.stem not in ("POSCAR", "CONTCAR") else path.resolve().parent.name
+        dest = out / name / "CHGCAR"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        diff = result["rho"][..., 1] if net.config.spin else None
+        write_prediction_chgcar(structure, rho, dest, diff=diff)
+        rows.append({"structure": str(path), "chgcar": str(dest), "grid": list(shape), "seconds": result["seconds"],
+                     "electrons_predicted": electrons, "nelect": target, "scale": factor})
+    if json_:
+        print_json(rows)
+        return
+    for r in rows:
+        console.print(f"{r['structure']} → {r['chgcar']}  grid {r['grid']}, {r['seconds']:.1f} s, "
+                      f"{r['electrons_predicted']:.3f} e predicted" + (f", scaled ×{r['scale']:.4f} to "
+                                                                        f"{r['nelect']:g}" if r["nelect"] else ""))
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint.")],
+    dataset: Annotated[Path, typer.Option("--dataset", help="Dataset directory.")],
+    split: Annotated[Path | None, typer.Option(help="Split file; default: every material.")] = None,
+    task: Annotated[str, typer.Option(help="Task of the split.")] = "pbe-id",
+    phase: Annotated[str, typer.Option(help="Phase of the task (test, val, train).")] = "test",
+    probes: Annotated[int, typer.Option(help="Random points per structure; 0: the whole grid.")] = 5000,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the plots and the JSON.")]
+    = Path("evaluation"),
+    json_: JsonOpt = False,
+) -> None:
+    """ε_mae per structure on a split, per-element errors, parity and error plots (PNG)."""
+    from rich.table import Table
+
+    from dftflow.dataset.split import load_split, task_sets
+    from dftflow.dataset.store import Dataset
+    from dftflow.ml.evaluate import evaluate as run
+
+    if split is not None:
+        sets = task_sets(load_split(split), task)
+        if phase not in sets:
+            raise InputError(f"--phase {phase}: task {task} has phases {sorted(sets)}")
+        ids = sets[phase]
+    else:
+        ds = Dataset(dataset)
+        ids = ds.ids()
+        ds.close()
+    summary = run(model, dataset, ids, n_probes=probes or None, out=out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(summary, indent=1))
+    if json_:
+        print_json(summary)
+        return
+    table = Table("material", "ε_mae (%)", "points")
+    for r in summary["per_structure"]:
+        table.add_row(r["material_id"], f"{100 * r['eps_mae']:.3f}", str(r["points"]))
+    console.print(table)
+    if summary["eps_mae_mean"] is not None:
+        console.print(f"mean ε_mae {100 * summary['eps_mae_mean']:.3f} %, median "
+                      f"{100 * summary['eps_mae_median']:.3f} %; plots in {out}")

@@ -48,17 +48,6 @@ def _images(frac: np.ndarray, cell: np.ndarray, cutoff: float) -> tuple[np.ndarr
     return image_frac @ cell, atom, shift
 
 
-def _pairs(image_pos: np.ndarray, receivers: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
-    """(image index, receiver index) of every pair closer than ``cutoff``."""
-    if len(receivers) == 0 or len(image_pos) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    tree_images = cKDTree(image_pos)
-    tree_receivers = cKDTree(receivers)
-    # sparse distance matrix in COO form: all pairs below the cutoff, computed in C
-    coo = tree_images.sparse_distance_matrix(tree_receivers, cutoff, output_type="coo_matrix")
-    return coo.row.astype(np.int64), coo.col.astype(np.int64)
-
-
 def atom_edges(positions: np.ndarray, cell: np.ndarray, cutoff: float) -> Edges:
     """Atom → atom edges within ``cutoff`` (no self edge at zero shift)."""
     edges = probe_edges(positions, cell, positions, cutoff)
@@ -66,19 +55,34 @@ def atom_edges(positions: np.ndarray, cell: np.ndarray, cutoff: float) -> Edges:
     return Edges(edges.sender[keep], edges.receiver[keep], edges.shift[keep])
 
 
+class PeriodicImages:
+    """The atoms' periodic images around the home cell, with a k-d tree, reusable for many probe chunks."""
+
+    def __init__(self, positions: np.ndarray, cell: np.ndarray, cutoff: float) -> None:
+        self.cell = np.asarray(cell, dtype=float)
+        self.inv = np.linalg.inv(self.cell)
+        self.cutoff = cutoff
+        frac = np.asarray(positions, dtype=float) @ self.inv
+        self.image_pos, self.atom, self.shift = _images(frac, self.cell, cutoff)
+        self.tree = cKDTree(self.image_pos) if len(self.image_pos) else None
+
+    def edges_to(self, probes: np.ndarray) -> Edges:
+        """Atom → probe edges within the cutoff; probes may lie anywhere (not only in the home cell)."""
+        probes = np.asarray(probes, dtype=float).reshape(-1, 3)
+        pfrac = probes @ self.inv
+        pshift = np.floor(pfrac).astype(int)  # wrap into the cell, shift the edges back
+        wrapped = (pfrac - pshift) @ self.cell
+        if self.tree is None or len(probes) == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return Edges(empty, empty, np.zeros((0, 3), dtype=int))
+        coo = self.tree.sparse_distance_matrix(cKDTree(wrapped), self.cutoff, output_type="coo_matrix")
+        img, recv = coo.row.astype(np.int64), coo.col.astype(np.int64)
+        return Edges(self.atom[img], recv, self.shift[img] + pshift[recv])
+
+
 def probe_edges(positions: np.ndarray, cell: np.ndarray, probes: np.ndarray, cutoff: float) -> Edges:
     """Atom → probe edges within ``cutoff``; probes may lie anywhere (not only in the home cell)."""
-    cell = np.asarray(cell, dtype=float)
-    positions = np.asarray(positions, dtype=float)
-    probes = np.asarray(probes, dtype=float)
-    # wrap probes into the cell, remember by how much, and shift the edges back
-    pfrac = probes @ np.linalg.inv(cell)
-    pshift = np.floor(pfrac).astype(int)
-    wrapped = (pfrac - pshift) @ cell
-    frac = positions @ np.linalg.inv(cell)
-    image_pos, atom, shift = _images(frac, cell, cutoff)
-    img, recv = _pairs(image_pos, wrapped, cutoff)
-    return Edges(atom[img], recv, shift[img] + pshift[recv])
+    return PeriodicImages(positions, cell, cutoff).edges_to(probes)
 
 
 def make_batch(systems: list[dict], cutoff: float, *, dtype=None) -> dict:

@@ -75,6 +75,8 @@ class TrainConfig(StrictModel):
     seed: int = 0
     out: str = "train-out"
     init_from: str | None = Field(default=None, description="checkpoint to fine-tune from (all weights trainable)")
+    delta_saed: bool = Field(default=False, description="learn rho - rho_SAED (fitted atomic densities)")
+    saed_probes: int = Field(default=4000, gt=0, description="points per training structure for the SAED fit")
     dtype: str = "float32"
 
 
@@ -143,13 +145,22 @@ def build_model(settings: ModelSettings | dict[str, Any]) -> ChargE3Net:
     return ChargE3Net(ModelConfig(**data))
 
 
-def graph_batch(items: list[dict[str, Any]], cutoff: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Loader items (structure + probes) → model batch with target densities."""
+def graph_batch(items: list[dict[str, Any]], cutoff: float, dtype: torch.dtype,
+                saed: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """Loader items (structure + probes) → model batch with target densities (minus the SAED, if any)."""
     systems = [{"cell": it["cell"].double().numpy(), "positions": it["positions"].double().numpy(),
                 "numbers": it["numbers"].numpy(), "probe_positions": it["probe_positions"].double().numpy()}
                for it in items]
     batch = make_batch(systems, cutoff, dtype=dtype)
-    batch["target"] = torch.cat([it["density"] for it in items]).to(dtype)
+    target = torch.cat([it["density"] for it in items]).to(dtype)
+    if saed:
+        from dftflow.ml.saed import saed_at
+
+        base = np.concatenate([saed_at(s["probe_positions"], s["cell"], s["positions"], s["numbers"], saed)
+                               for s in systems])
+        batch["baseline"] = torch.as_tensor(base, dtype=dtype)
+        target = target - batch["baseline"]
+    batch["target"] = target
     if "spin_density" in items[0]:
         batch["target_spin"] = torch.cat([it["spin_density"] for it in items]).to(dtype)
     batch["n_probes"] = torch.as_tensor([len(it["density"]) for it in items])
@@ -171,18 +182,20 @@ def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spin: bool) ->
     return (pred - batch["target"]).abs().mean()
 
 
-def validate(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: torch.dtype) -> float:
-    """Mean ε_mae over the validation structures."""
+def validate(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: torch.dtype,
+             saed: dict[str, Any] | None = None) -> float:
+    """Mean ε_mae of the full density (SAED added back) over the validation structures."""
     if len(dataset) == 0:
         return math.nan
     scores = []
     model.eval()
     with torch.no_grad():
         for i in range(len(dataset)):
-            batch = graph_batch([dataset[i]], cfg.model.cutoff, dtype)
+            batch = graph_batch([dataset[i]], cfg.model.cutoff, dtype, saed)
             pred = model(batch)
             pred = pred[:, 0] if cfg.model.spin else pred
-            scores += epsilon_mae(pred, batch["target"], batch["n_probes"])
+            base = batch.get("baseline", torch.zeros_like(pred))
+            scores += epsilon_mae(pred + base, batch["target"] + base, batch["n_probes"])
     model.train()
     return float(np.mean(scores))
 
@@ -235,9 +248,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     if len(train_set) == 0:
         raise ConfigError("the training set is empty")
     model = build_model(cfg.model).to(dtype)
+    saed = None
     if cfg.init_from:
         ckpt = load_checkpoint(cfg.init_from)
         model.load_state_dict(ckpt["model"])
+        saed = ckpt.get("saed")  # fine-tuning keeps the baseline the model learnt against
+    if cfg.delta_saed and saed is None:
+        from dftflow.ml.saed import fit_saed
+
+        fit_set = ProbeDataset(cfg.data.dataset, train_set.ids, n_probes=cfg.saed_probes, seed=cfg.seed + 7)
+        saed = fit_saed([{k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in fit_set[i].items()}
+                         for i in range(len(fit_set))])
+    elif not cfg.delta_saed:
+        saed = None
+    extra = {"saed": saed}
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                   lambda step: 0.96 ** (step / cfg.optim.decay_steps))
@@ -254,6 +278,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         torch.set_rng_state(ckpt["rng"]["torch"])
         np.random.set_state(ckpt["rng"]["numpy"])
         random.setstate(ckpt["rng"]["python"])
+        if cfg.delta_saed:
+            saed = ckpt.get("saed") or saed
+            extra = {"saed": saed}
     ddp_model: torch.nn.Module = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -270,7 +297,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         step = state.step
         train_set.set_epoch(step)
         mine = sampler.indices(step)[rank::world]
-        batch = graph_batch([train_set[i] for i in mine], cfg.model.cutoff, dtype)
+        batch = graph_batch([train_set[i] for i in mine], cfg.model.cutoff, dtype, saed)
         loss = _loss(ddp_model, batch, cfg.model.spin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -290,21 +317,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
             row["steps_per_s"] = (state.step - s_last) / max(now - t_last, 1e-9)
             t_last, s_last = now, state.step
             if rank == 0 and len(val_set):
-                row["val_eps_mae"] = validate(model, val_set, cfg, dtype)
+                row["val_eps_mae"] = validate(model, val_set, cfg, dtype, saed)
                 if row["val_eps_mae"] < state.best_val:
                     state.best_val = row["val_eps_mae"]
-                    save_checkpoint(out / "checkpoint_best.pt", model, optimizer, scheduler, state, cfg)
+                    save_checkpoint(out / "checkpoint_best.pt", model, optimizer, scheduler, state, cfg, extra)
         state.history.append(row)
         if rank == 0:
             with open(log_path, "a", newline="") as fh:
                 csv.writer(fh).writerow([row["step"], f"{row['loss']:.6g}", f"{row['lr']:.6g}",
                                          f"{row.get('steps_per_s', ''):}", row.get("val_eps_mae", "")])
             if state.step % cfg.optim.checkpoint_every == 0 or state.step == cfg.optim.max_steps:
-                save_checkpoint(last, model, optimizer, scheduler, state, cfg)
+                save_checkpoint(last, model, optimizer, scheduler, state, cfg, extra)
         if progress is not None:
             progress.advance()
     summary = {"steps": state.step, "final_loss": state.history[-1]["loss"] if state.history else None,
-               "best_val_eps_mae": None if math.isinf(state.best_val) else state.best_val, "out": str(out)}
+               "best_val_eps_mae": None if math.isinf(state.best_val) else state.best_val, "out": str(out),
+               "saed_fit_eps_mae": saed["fit_eps_mae"] if saed else None}
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
