@@ -1,0 +1,268 @@
+"""dftflow's ChargE3Net next to the reference implementation, same CPU, same data, same model size.
+
+    git clone https://github.com/AIforGreatGood/charge3net /tmp/charge3net-ref   # never committed here
+    pip install lz4 pandas                                                        # the reference's imports
+    OMP_NUM_THREADS=1 python bench/bench_charge3net.py --reference /tmp/charge3net-ref [--steps 200]
+
+Both models get the same hyper-parameters (``--mul``, ``--lmax``, 3
+interactions, 4 Å cutoff, 20 Gaussians) and the same real densities (the Si
+and Li CHGCARs of the test fixtures, as ρ in e/Å³ on their grids). Measured in
+one run, on one thread:
+
+The reference's one-hot species vector is cast to float before its first
+tensor product (recent torch refuses an integer × float ``tensordot``); that is
+the only change made to it, at run time.
+
+1. **training steps/s**: a batch of 2 structures × ``--probes`` random grid
+   points — data preparation (probe sampling, graph construction, collation)
+   plus forward, L1 loss, backward and Adam step, in the same process (no
+   loader workers on either side);
+2. **ε_mae at the same budget**: both trained ``--steps`` steps with the same
+   learning rate and probe budget, then scored on 5,000 random points of each
+   structure;
+3. **full-grid inference, s per structure**: the reference's own path (graph
+   of the whole grid with its k-d tree constructor, split into sub-batches of
+   2,500 probes, atom representation once) against ``dftflow predict``'s
+   (chunks of 20,000 points with cached periodic images), on the four ECD
+   cells at their real VASP grids (60³, 48³, 56³, 108×108×72), and the peak
+   resident memory of each (``resource.getrusage``) for a 1e7-point grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("DFTFLOW_SHARED", REPO.parent / "shared"))
+
+import functools  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+print = functools.partial(print, flush=True)  # noqa: A001 - progress of a long benchmark, unbuffered
+
+torch.set_num_threads(1)
+
+
+def load_fixtures(tmp: Path) -> Path:
+    from dftflow.dataset.harvest import from_directory, harvest
+
+    for name, path in (("Si", SHARED / "fixtures/vasp/Si_static_with_chgcar/outputs/CHGCAR.gz"),
+                       ("Li", SHARED / "fixtures/chgcar/Li_nospin.gz")):
+        (tmp / "src" / name).mkdir(parents=True)
+        shutil.copy(path, tmp / "src" / name / "CHGCAR.gz")
+    harvest(list(from_directory(tmp / "src")), tmp / "ds")
+    return tmp / "ds"
+
+
+class Reference:
+    """The reference code, imported from its checkout (``src.charge3net``)."""
+
+    def __init__(self, root: Path, mul: int, lmax: int) -> None:
+        sys.path.insert(0, str(root))
+        import src.charge3net.models.e3 as e3
+        from src.charge3net.data.collate import collate_list_of_dicts
+        from src.charge3net.data.graph_construction import KdTreeGraphConstructor
+        from src.charge3net.models.e3 import E3DensityModel
+
+        class _Functional:  # newer torch refuses long x float in the one-hot tensor product: cast it
+            def __getattr__(self, name):
+                return getattr(torch.nn.functional, name)
+
+            @staticmethod
+            def one_hot(x, num_classes):
+                return torch.nn.functional.one_hot(x, num_classes).to(torch.get_default_dtype())
+
+        e3.F = _Functional()
+        self.collate = collate_list_of_dicts
+        self.graphs = KdTreeGraphConstructor
+        torch.manual_seed(0)
+        self.model = E3DensityModel(num_interactions=3, num_neighbors=20, mul=mul, lmax=lmax, cutoff=4.0,
+                                    basis="gaussian", num_basis=20)
+
+    def item(self, rho: np.ndarray, atoms, num_probes: int | None):
+        from src.utils.data import calculate_grid_pos
+
+        grid_pos = calculate_grid_pos(rho, np.zeros(3), atoms.get_cell())
+        return self.graphs(cutoff=4.0, num_probes=num_probes)(rho.astype(np.float32),
+                                                              atoms, grid_pos.astype(np.float32))
+
+    def step(self, data, opt) -> float:
+        batch = self.collate([self.item(rho, atoms, self.num_probes) for rho, atoms in data])
+        pred = self.model(batch)
+        loss = torch.nn.functional.l1_loss(pred, batch["probe_target"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    def predict_full(self, rho_shape, atoms) -> np.ndarray:
+        from src.utils.predictions import split_batch
+
+        rho = np.zeros(rho_shape, dtype=np.float32)
+        batch = self.collate([self.item(rho, atoms, None)])
+        out, atom_repr = [], None
+        with torch.no_grad():
+            for sub in split_batch(batch, 2500):
+                if atom_repr is None:
+                    atom_repr = self.model.atom_model(sub)
+                out.append(self.model.probe_model(sub, atom_repr).reshape(-1))
+        return torch.cat(out).numpy()
+
+
+def ours_model(mul: int, lmax: int):
+    from dftflow.ml.model import ChargE3Net, ModelConfig
+
+    torch.manual_seed(0)
+    return ChargE3Net(ModelConfig(num_interactions=3, mul=mul, lmax=lmax, cutoff=4.0, num_basis=20))
+
+
+def eps_mae(pred: np.ndarray, true: np.ndarray) -> float:
+    return float(np.abs(pred - true).sum() / np.abs(true).sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reference", type=Path, required=True, help="checkout of AIforGreatGood/charge3net")
+    ap.add_argument("--mul", type=int, default=100)
+    ap.add_argument("--lmax", type=int, default=4)
+    ap.add_argument("--probes", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--timing-steps", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--skip-big", action="store_true", help="skip the 1e7-point memory measurement")
+    ap.add_argument("--cells", default="icsd-163383-O1Zn1,icsd-183198-Cd1N1,icsd-1611-O3Pb1Ti1",
+                    help="ECD cells for the inference comparison (icsd-99966-Fe10Si6 too: slow for the reference)")
+    args = ap.parse_args()
+    print("$ python", " ".join(shlex.quote(a) for a in sys.argv))
+    from ase import Atoms
+    from pymatgen.core import Structure
+
+    from dftflow.dataset.loader import ProbeDataset
+    from dftflow.dataset.store import Dataset
+    from dftflow.ml.predict import predict_grid
+    from dftflow.ml.train import graph_batch
+
+    tmp = Path(tempfile.mkdtemp())
+    ds_path = load_fixtures(tmp)
+    ds = Dataset(ds_path)
+    data = []
+    for mid in ds.ids():
+        rec = ds.read(mid)
+        atoms = Atoms(numbers=rec["numbers"], scaled_positions=rec["frac_coords"], cell=rec["lattice"], pbc=True)
+        data.append((rec["total"], atoms))
+    ds.close()
+
+    ref = Reference(args.reference, args.mul, args.lmax)
+    ref.num_probes = args.probes
+    ours = ours_model(args.mul, args.lmax)
+    print(f"parameters: dftflow {sum(p.numel() for p in ours.parameters()):,}, "
+          f"reference {sum(p.numel() for p in ref.model.parameters()):,}")
+    probes = ProbeDataset(ds_path, n_probes=args.probes, seed=0)
+
+    def ours_step(step: int, opt) -> float:
+        probes.set_epoch(step)
+        batch = graph_batch([probes[i] for i in range(len(probes))], 4.0, torch.float32)
+        loss = torch.nn.functional.l1_loss(ours(batch), batch["target"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    # 1 + 2: training speed and error at the same budget
+    results = {}
+    runs = (("dftflow", ours, ours_step), ("reference", ref.model, lambda s, o: ref.step(data, o)))
+    for name, model, step_fn in runs:
+        np.random.seed(0)
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        t0 = time.perf_counter()
+        for s in range(args.steps):
+            step_fn(s, opt)
+            if s + 1 == args.timing_steps:
+                t_timed = time.perf_counter() - t0
+        total = time.perf_counter() - t0
+        results[name] = {"steps_per_s": args.timing_steps / t_timed, "train_s": total}
+    # ε_mae on 5,000 random points per structure (the same points for both)
+    rng = np.random.default_rng(1)
+    for name in results:
+        scores = []
+        for rho, atoms in data:
+            idx = rng.choice(rho.size, 5000, replace=False)
+            frac = np.stack(np.unravel_index(idx, rho.shape), -1) / np.array(rho.shape)
+            pts = frac @ np.array(atoms.get_cell())
+            true = rho.reshape(-1)[idx]
+            if name == "dftflow":
+                from dftflow.ml.graph import make_batch
+
+                b = make_batch([{"cell": np.array(atoms.get_cell()), "positions": atoms.positions,
+                                 "numbers": atoms.numbers, "probe_positions": pts}], 4.0)
+                with torch.no_grad():
+                    pred = ours(b).numpy()
+            else:
+                g = ref.graphs(cutoff=4.0, num_probes=None).atoms_and_probes_to_graph(atoms, pts)
+                from src.charge3net.data.collate import collate_list_of_dicts
+
+                g.update(num_nodes=torch.tensor(len(atoms)), num_atom_edges=torch.tensor(g["atom_edges"].shape[0]),
+                         num_probes=torch.tensor(len(pts)), num_probe_edges=torch.tensor(g["probe_edges"].shape[0]),
+                         probe_xyz=torch.tensor(pts, dtype=torch.float32),
+                         atom_xyz=torch.tensor(atoms.positions, dtype=torch.float32),
+                         cell=torch.tensor(np.array(atoms.get_cell()), dtype=torch.float32))
+                with torch.no_grad():
+                    pred = ref.model(collate_list_of_dicts([g])).reshape(-1).numpy()
+            scores.append(eps_mae(pred, true))
+        results[name]["eps_mae"] = float(np.mean(scores))
+    r, o = results["reference"], results["dftflow"]
+    print(f"\ntraining ({args.probes} probes × 2 structures per step, mul {args.mul}, lmax {args.lmax}):")
+    print(f"  steps/s     dftflow {o['steps_per_s']:.2f}   reference {r['steps_per_s']:.2f}   "
+          f"ratio {o['steps_per_s'] / r['steps_per_s']:.2f}x (target >= 1.5)")
+    print(f"  ε_mae after {args.steps} steps: dftflow {100 * o['eps_mae']:.2f} %   "
+          f"reference {100 * r['eps_mae']:.2f} %")
+
+    # 3: full-grid inference on the ECD cells at their VASP grids
+    grids = {"icsd-1611-O3Pb1Ti1": (60, 60, 60), "icsd-163383-O1Zn1": (48, 48, 48),
+             "icsd-183198-Cd1N1": (56, 56, 56), "icsd-99966-Fe10Si6": (108, 108, 72)}
+    print("\nfull-grid inference (s per structure):")
+    t_ours_all = t_ref_all = 0.0
+    for name, grid in ((n, grids[n]) for n in args.cells.split(",")):
+        s = Structure.from_file(SHARED / "fixtures" / "ecd_outcars" / f"{name}_PBE" / "POSCAR")
+        atoms = Atoms(numbers=[x.specie.Z for x in s], positions=s.cart_coords, cell=s.lattice.matrix, pbc=True)
+        t0 = time.perf_counter()
+        a = predict_grid(ours, s, grid)["rho"]
+        t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        b = ref.predict_full(grid, atoms)
+        t_ref = time.perf_counter() - t0
+        t_ours_all += t_ours
+        t_ref_all += t_ref
+        assert a.size == b.size == np.prod(grid)
+        print(f"  {name:<22} {np.prod(grid):>9,} pts  dftflow {t_ours:7.1f}  reference {t_ref:7.1f}  "
+              f"ratio {t_ref / t_ours:5.1f}x")
+    print(f"  total: dftflow {t_ours_all:.1f} s, reference {t_ref_all:.1f} s, ratio {t_ref_all / t_ours_all:.1f}x "
+          "(target >= 5)")
+    if not args.skip_big:
+        gc.collect()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        s = Structure.from_file(SHARED / "fixtures" / "ecd_outcars" / "icsd-99966-Fe10Si6_PBE" / "POSCAR")
+        t0 = time.perf_counter()
+        predict_grid(ours, s, (240, 240, 174))  # 1.0e7 points
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"\n1.0e7-point grid (Fe10Si6, 240×240×174): dftflow {time.perf_counter() - t0:.0f} s, peak RSS "
+              f"{peak:.0f} MB (before: {before:.0f} MB; output grid alone 40 MB)")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
