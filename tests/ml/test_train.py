@@ -46,11 +46,20 @@ def test_resume_continues_the_same_loss_curve(si_dataset: Path, tmp_path: Path) 
     assert ckpt["state"]["step"] == 6 and ckpt["model_config"]["lmax"] == 1 and "rng" in ckpt
 
 
-def test_training_lowers_the_density_error(si_dataset: Path, tmp_path: Path) -> None:
-    summary = train(config(si_dataset, tmp_path / "fit", 150, lr=0.01, val_every=25))
+@pytest.mark.slow
+def test_overfits_a_real_density_below_one_percent(si_dataset: Path, tmp_path: Path) -> None:
+    """A short CPU run on the real Si CHGCAR: Δ-SAED plus a small ChargE3Net reaches ε_mae < 1 %."""
+    cfg = TrainConfig.model_validate({
+        "model": {"num_interactions": 2, "mul": 24, "lmax": 2, "num_basis": 10, "radial_neurons": 32},
+        "data": {"dataset": str(si_dataset), "train_ids": ["src|Si"], "val_ids": ["src|Si"], "n_probes": 300,
+                 "batch_size": 1, "val_probes": 3000},
+        "optim": {"lr": 0.02, "decay_steps": 40, "max_steps": 1000, "val_every": 100, "checkpoint_every": 500},
+        "delta_saed": True, "saed_probes": 6000, "out": str(tmp_path / "fit")})
+    summary = train(cfg)
     rows = [r for r in csv.DictReader((tmp_path / "fit" / "log.csv").open()) if r["val_eps_mae"]]
-    first, best = float(rows[0]["val_eps_mae"]), summary["best_val_eps_mae"]
-    assert best < 0.4 * first and best < 0.15, [(r["step"], r["val_eps_mae"]) for r in rows]
+    # the fitted atomic densities alone are a rough start (about 12 %); the model takes it below 1 %
+    assert 0.05 < summary["saed_fit_eps_mae"] < 0.2
+    assert summary["best_val_eps_mae"] < 0.009, [(r["step"], r["val_eps_mae"]) for r in rows]
     assert (tmp_path / "fit" / "checkpoint_best.pt").exists()
 
 
