@@ -26,31 +26,34 @@ of probe chunks reuse it (:meth:`ChargE3Net.probe_density`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from e3nn import o3
 from e3nn.math import soft_one_hot_linspace
 from e3nn.nn import FullyConnectedNet, Gate
+from pydantic import Field
 from torch import nn
+
+from dftflow.config.base import StrictModel
 
 NUM_SPECIES = 119  # one-hot over Z = 0..118
 
 
-@dataclass
-class ModelConfig:
-    num_interactions: int = 3
-    num_neighbors: float = 20.0
-    mul: int = 500
-    lmax: int = 4
-    cutoff: float = 4.0
-    num_basis: int = 20
-    radial_neurons: int = 100
+class ModelConfig(StrictModel):
+    """The model's hyper-parameters (the ``model:`` section of ``ml/*.yaml``); defaults are the paper's."""
+
+    num_interactions: int = Field(default=3, gt=0)
+    num_neighbors: float = Field(default=20.0, gt=0, description="normalisation of the neighbour sums")
+    mul: int = Field(default=500, gt=0, description="total multiplicity of the hidden irreps")
+    lmax: int = Field(default=4, ge=0)
+    cutoff: float = Field(default=4.0, gt=0, description="Å")
+    num_basis: int = Field(default=20, gt=0, description="Gaussians of the radial basis")
+    radial_neurons: int = Field(default=100, gt=0)
     spin: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 def hidden_irreps(mul: int, lmax: int) -> o3.Irreps:

@@ -34,17 +34,6 @@ from dftflow.ml.graph import make_batch
 from dftflow.ml.model import ChargE3Net, ModelConfig
 
 
-class ModelSettings(StrictModel):
-    num_interactions: int = 3
-    num_neighbors: float = 20.0
-    mul: int = 500
-    lmax: int = 4
-    cutoff: float = 4.0
-    num_basis: int = 20
-    radial_neurons: int = 100
-    spin: bool = False
-
-
 class DataSettings(StrictModel):
     dataset: str | None = Field(default=None, description="dataset directory")
     split: str | None = Field(default=None, description="split file from `dftflow dataset split`")
@@ -69,7 +58,7 @@ class OptimSettings(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    model: ModelSettings = Field(default_factory=ModelSettings)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataSettings = Field(default_factory=DataSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)
     seed: int = 0
@@ -140,9 +129,8 @@ def _ids(cfg: TrainConfig, phase: str) -> list[str]:
     return sets[key]
 
 
-def build_model(settings: ModelSettings | dict[str, Any]) -> ChargE3Net:
-    data = settings.model_dump() if isinstance(settings, ModelSettings) else dict(settings)
-    return ChargE3Net(ModelConfig(**data))
+def build_model(settings: ModelConfig | dict[str, Any]) -> ChargE3Net:
+    return ChargE3Net(settings if isinstance(settings, ModelConfig) else ModelConfig(**settings))
 
 
 def graph_batch(items: list[dict[str, Any]], cutoff: float, dtype: torch.dtype,
