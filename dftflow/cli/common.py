@@ -29,6 +29,25 @@ ProjectOpt = Annotated[
 WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
 
 
+def read_structure(path: Path) -> Any:
+    """A pymatgen Structure from a POSCAR, CIF, ... file; a clear error naming the file otherwise."""
+    from pymatgen.core import Structure
+
+    from dftflow.errors import InputError
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        return Structure.from_file(path)
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for unreadable files
+        raise InputError(f"{path}: cannot read a structure ({exc})") from exc
+
+
+def structure_name(path: Path) -> str:
+    """A name for the structure in ``path``: the file stem, or the directory for POSCAR/CONTCAR."""
+    return path.stem if path.stem not in ("POSCAR", "CONTCAR") else path.resolve().parent.name
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 

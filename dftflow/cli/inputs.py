@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dftflow.cli.common import JsonOpt, console, print_json
+from dftflow.cli.common import JsonOpt, console, print_json, read_structure
 from dftflow.errors import InputError
 
 app = typer.Typer(help="Show the VASP inputs an input set gives a structure.", no_args_is_help=True)
@@ -28,17 +28,6 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip().upper(), value
 
 
-def _read_structure(path: Path):
-    from pymatgen.core import Structure
-
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    try:
-        return Structure.from_file(path)
-    except Exception as exc:  # pymatgen raises many types for unreadable files
-        raise InputError(f"{path}: cannot read a structure ({exc})") from exc
-
-
 @app.command("show")
 def show(
     structure: Annotated[Path, typer.Argument(help="Structure file (POSCAR, CIF, ...).")],
@@ -51,7 +40,7 @@ def show(
     from dftflow.vasp.inputs import resolve_inputs
 
     user = dict(_parse_override(t) for t in incar or [])
-    inputs = resolve_inputs(_read_structure(structure), set_, rung=rung, overrides=[user])
+    inputs = resolve_inputs(read_structure(structure), set_, rung=rung, overrides=[user])
     data = inputs.as_dict()
     if json_:
         print_json(data)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from dftflow.cli.common import JsonOpt, RichProgress, console, print_json
+from dftflow.cli.common import JsonOpt, RichProgress, console, print_json, read_structure, structure_name
 from dftflow.errors import InputError
 
 
@@ -69,12 +69,9 @@ def _nelect(structure: Any, how: str) -> float | None:
             return float(how)
         except ValueError:
             raise InputError(f"--nelect {how!r}: auto, none or a number") from None
-    from dftflow.config.base import load_yaml_model
-    from dftflow.vasp.inputs import PotcarTable, _zval, load_vasp_inputset
+    from dftflow.vasp.inputs import valence_electrons
 
-    iset = load_vasp_inputset("ecd-pbe-static")
-    table = load_yaml_model(iset.table(iset.potcars), PotcarTable).symbols
-    return float(sum(_zval(site.specie.symbol, table.get(site.specie.symbol)) for site in structure))
+    return float(valence_electrons(structure))
 
 
 def predict(
@@ -95,14 +92,7 @@ def predict(
     net, ckpt = load_model(model)
     rows = []
     for path in structures:
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
-        from pymatgen.core import Structure
-
-        try:
-            structure = Structure.from_file(path)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"{path}: cannot read a structure ({exc})") from exc
+        structure = read_structure(path)
         shape = tuple(int(x) for x in grid.split(",")) if grid else default_grid(structure.lattice.matrix, spacing)
         if len(shape) != 3:
             raise InputError(f"--grid {grid!r}: expected nx,ny,nz")
@@ -115,8 +105,7 @@ def predict(
         factor = 1.0
         if target is not None:
             rho, factor = rescale(rho, structure.volume, target)
-        name = path.stem if path.stem not in ("POSCAR", "CONTCAR") else path.resolve().parent.name
-        dest = out / name / "CHGCAR"
+        dest = out / structure_name(path) / "CHGCAR"
         dest.parent.mkdir(parents=True, exist_ok=True)
         diff = result["rho"][..., 1] if net.config.spin else None
         write_prediction_chgcar(structure, rho, dest, diff=diff)

@@ -8,25 +8,18 @@ from typing import Annotated
 
 import typer
 
-from dftflow.cli.common import JsonOpt, console, print_json
+from dftflow.cli.common import JsonOpt, console, print_json, read_structure, structure_name
 from dftflow.errors import InputError
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project directory (created if missing).")]
 
 
 def _structures(paths: list[Path]) -> list[tuple[str, object]]:
-    from pymatgen.core import Structure
-
     out, seen = [], set()
     for path in paths:
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
-        try:
-            structure = Structure.from_file(path)
-        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on bad files
-            raise InputError(f"{path}: cannot read a structure ({exc})") from exc
-        uid = path.stem if path.stem not in ("POSCAR", "CONTCAR") else path.resolve().parent.name
-        base, n = uid, 1
+        structure = read_structure(path)
+        uid = base = structure_name(path)
+        n = 1
         while uid in seen:
             n += 1
             uid = f"{base}-{n}"

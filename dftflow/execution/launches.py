@@ -117,10 +117,11 @@ class Launcher:
         for launch_id, slurm_id in active:
             directory = self.root / "launches" / launch_id
             worker = f"slurm:{launch_id}"
+            # squeue was asked before the files are read: an allocation missing from it has
+            # written everything it will, so one pass over its results is complete
             applied += self._apply_results(directory, worker)
             if slurm_id in states:
                 continue  # pending or running
-            applied += self._apply_results(directory, worker)  # what it wrote just before it ended
             end = final_state(slurm_id, env=self.env)
             self._settle(directory, worker, slurm_id, end)
             self.queue.db.execute("UPDATE launches SET state='DONE', finished=?, slurm_state=? WHERE launch_id=?",

@@ -79,35 +79,28 @@ class JobQueue:
 
     # -- adding work ---------------------------------------------------------
     def add_flow(self, flow_id: str, jobs: Iterable[NewJob], max_attempts: int = 3) -> int:
-        """Queue a flow's jobs, atomically; a flow id already queued is left as it is (returns 0)."""
-        now = time.time()
-        added = 0
+        """Queue a flow's jobs, atomically; a flow id already queued is left as it is. Returns jobs added."""
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM jobs WHERE flow_id=? LIMIT 1", (flow_id,)).fetchone():
-                return 0
-            for job in jobs:
-                state = "WAITING" if job.parents else "READY"
-                db.execute("INSERT INTO jobs(uuid, flow_id, name, payload, state, max_attempts, created) "
-                           "VALUES(?,?,?,?,?,?,?)",
-                           (job.uuid, flow_id, job.name, json.dumps(job.payload), state, max_attempts, now))
-                db.executemany("INSERT OR IGNORE INTO deps VALUES(?,?)", [(job.uuid, p) for p in job.parents])
-                added += 1
-        return added
+            return self._insert_flow(db, flow_id, jobs, max_attempts, time.time())
 
     def add_flows(self, flows: Iterable[tuple[str, Iterable[NewJob]]], max_attempts: int = 3) -> int:
         """Queue many flows in one transaction (flow ids already queued are skipped); returns flows added."""
         now = time.time()
-        added = 0
         with self._tx() as db:
-            for flow_id, jobs in flows:
-                if db.execute("SELECT 1 FROM jobs WHERE flow_id=? LIMIT 1", (flow_id,)).fetchone():
-                    continue
-                for job in jobs:
-                    db.execute("INSERT INTO jobs(uuid, flow_id, name, payload, state, max_attempts, created) "
-                               "VALUES(?,?,?,?,?,?,?)", (job.uuid, flow_id, job.name, json.dumps(job.payload),
-                                                         "WAITING" if job.parents else "READY", max_attempts, now))
-                    db.executemany("INSERT OR IGNORE INTO deps VALUES(?,?)", [(job.uuid, p) for p in job.parents])
-                added += 1
+            return sum(1 for flow_id, jobs in flows if self._insert_flow(db, flow_id, jobs, max_attempts, now))
+
+    @staticmethod
+    def _insert_flow(db: sqlite3.Connection, flow_id: str, jobs: Iterable[NewJob], max_attempts: int,
+                     now: float) -> int:
+        if db.execute("SELECT 1 FROM jobs WHERE flow_id=? LIMIT 1", (flow_id,)).fetchone():
+            return 0
+        added = 0
+        for job in jobs:
+            db.execute("INSERT INTO jobs(uuid, flow_id, name, payload, state, max_attempts, created) "
+                       "VALUES(?,?,?,?,?,?,?)", (job.uuid, flow_id, job.name, json.dumps(job.payload),
+                                                 "WAITING" if job.parents else "READY", max_attempts, now))
+            db.executemany("INSERT OR IGNORE INTO deps VALUES(?,?)", [(job.uuid, p) for p in job.parents])
+            added += 1
         return added
 
     def has_flow(self, flow_id: str) -> bool:

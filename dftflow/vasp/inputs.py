@@ -175,13 +175,8 @@ def resolve_inputs(
         kpoints = step.kpoints or kpoints
         notes.append(f"rung {step.name}: {step.reason}")
     # PAW datasets
-    potcar_symbols: list[str] = []
-    if iset.potcars:
-        table = load_yaml_model(iset.table(iset.potcars), PotcarTable).symbols
-        for s in symbols:
-            if s not in table:
-                raise ConfigError(f"{iset.table(iset.potcars)}: no POTCAR for element {s}")
-            potcar_symbols.append(table[s])
+    potcar_of = _potcar_table(iset, symbols)
+    potcar_symbols = [potcar_of[s] for s in symbols] if potcar_of else []
     # Hubbard U
     if iset.hubbard is not None:
         from dftflow.inputsets import HubbardTable
@@ -204,7 +199,7 @@ def resolve_inputs(
             incar["LMAXMIX"] = iset.lmaxmix["d"]
     # spin
     if "ISPIN" not in incar:
-        incar.update(_spin(structure, iset.spin, potcar_symbols, previous, notes))
+        incar.update(_spin(structure, iset.spin, potcar_of, previous, notes))
     if incar.get("ISPIN") == 1:
         incar.pop("MAGMOM", None)
     for layer in overrides or []:
@@ -245,7 +240,29 @@ def _zval(symbol: str, potcar: str | None) -> int:
     return base
 
 
-def _spin(structure: Structure, spin: SpinSettings, potcars: list[str], previous: dict[str, Any] | None,
+def _potcar_table(iset: VaspInputSet, symbols: list[str]) -> dict[str, str]:
+    """Element → POTCAR symbol of the set, for these elements (empty when the set names no table)."""
+    if not iset.potcars:
+        return {}
+    table = load_yaml_model(iset.table(iset.potcars), PotcarTable).symbols
+    for s in symbols:
+        if s not in table:
+            raise ConfigError(f"{iset.table(iset.potcars)}: no POTCAR for element {s}")
+    return {s: table[s] for s in symbols}
+
+
+def valence_electrons(structure: Structure, inputset: VaspInputSet | str | Path = "ecd-pbe-static") -> int:
+    """Valence electrons of ``structure`` with the PAW datasets of ``inputset`` (without POTCAR files)."""
+    iset = inputset if isinstance(inputset, VaspInputSet) else load_vasp_inputset(inputset)
+    symbols = [site.specie.symbol for site in structure]
+    return _electrons(symbols, _potcar_table(iset, sorted(set(symbols))))
+
+
+def _electrons(symbols: list[str], potcar_of: dict[str, str]) -> int:
+    return sum(_zval(s, potcar_of.get(s)) for s in symbols)
+
+
+def _spin(structure: Structure, spin: SpinSettings, potcar_of: dict[str, str], previous: dict[str, Any] | None,
           notes: list[str]) -> dict[str, Any]:
     symbols = [site.specie.symbol for site in structure]
     if spin.mode == "off":
@@ -257,8 +274,7 @@ def _spin(structure: Structure, spin: SpinSettings, potcars: list[str], previous
             return {"ISPIN": 1}
         magmoms = previous.get("magmoms") or [spin.magmom.get(s, spin.magmom.get("default", 0.6)) for s in symbols]
         return {"ISPIN": 2, "MAGMOM": [round(float(m), 3) for m in magmoms]}
-    table = dict(zip(dict.fromkeys(symbols), potcars or [None] * len(symbols)))
-    electrons = sum(_zval(s, table.get(s)) for s in symbols)
+    electrons = _electrons(symbols, potcar_of)
     magnetic = any(s in spin.magnetic for s in symbols)
     if spin.mode == "on" or magnetic or electrons % 2:
         if spin.mode == "auto":

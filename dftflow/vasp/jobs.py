@@ -79,8 +79,7 @@ def _scf_steps(directory: Path) -> list[int]:
     steps: list[int] = []
     count = 0
     for line in path.read_text(errors="replace").splitlines():
-        head = line[:4]
-        if head in ("DAV:", "RMM:", "CG :", "CG:", "DIA:") or line.startswith(("DAV:", "RMM:", "CG")):
+        if line.startswith(("DAV:", "RMM:", "CG", "DIA:")):
             count += 1
         elif "F=" in line and count:
             steps.append(count)
@@ -197,10 +196,9 @@ def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
                               directory=str(workdir))
         error = None
         try:
-            corrections = custodian.run()
+            custodian.run()
         except (CustodianError, RuntimeError) as exc:
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            corrections = []
         stderr = workdir / "std_err.txt"
         if error is None:
             result = parse_run(workdir)
@@ -213,7 +211,7 @@ def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
             raise VaspRunError(f"{iset.name}: {error}" + (f" (stderr: {' | '.join(tail)})" if tail else ""))
         notes.append(f"rung {rung} failed ({error}); climbing to {iset.ladder[rung].name}")
     custodian_log = workdir / "custodian.json"
-    corrections = json.loads(custodian_log.read_text()) if custodian_log.exists() else corrections
+    runs = json.loads(custodian_log.read_text()) if custodian_log.exists() else []  # one entry per VASP run
     chgcar = workdir / "CHGCAR"
     from custodian import __version__ as custodian_version
     from pymatgen.core import __version__ as pymatgen_version
@@ -231,7 +229,7 @@ def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
         "incar": inputs.incar,
         "kpoints": inputs.kpoints,
         "potcar_symbols": inputs.potcar_symbols,
-        "corrections": [c.get("corrections", c) for c in corrections] if isinstance(corrections, list) else [],
+        "corrections": [run.get("corrections", []) for run in runs],
         "ladder_history": history,
         "notes": notes + inputs.notes,
         "versions": {"vasp": result.get("vasp_version"), "custodian": custodian_version,

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from dftflow.project import Project
+from tests.helpers_process import kill_group, wait_for_count
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "workflows" / "structures" / "demo"
@@ -125,19 +124,8 @@ def test_kill_9_then_rerun_completes_every_structure_once(tmp_path: Path) -> Non
                              str(project), "--no-figures"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     db = project / "catalog.sqlite"
-    deadline = time.time() + 120
-    n = 0
-    while time.time() < deadline:
-        if db.exists():
-            try:
-                n = sqlite3.connect(db).execute("SELECT COUNT(*) FROM structures").fetchone()[0]
-            except sqlite3.OperationalError:
-                n = 0
-            if n >= 50:
-                break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    n = wait_for_count(db, "SELECT COUNT(*) FROM structures", 50, timeout=120)
+    kill_group(proc)
     assert 50 <= n < 680, "the build finished before it could be killed"
 
     out = json.loads(dftflow("build-dataset", str(recipe), "--project", str(project), "--json",

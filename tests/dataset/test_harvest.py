@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -18,6 +15,7 @@ import pytest
 
 from dftflow.dataset.harvest import from_directory, harvest
 from dftflow.dataset.store import Dataset
+from tests.helpers_process import kill_group, wait_for_count
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,19 +102,9 @@ def test_kill_9_during_harvest_then_rerun_stores_each_material_once(shared: Path
             f"from dftflow.dataset.harvest import from_directory, harvest; "
             f"harvest(list(from_directory(Path({str(root)!r}))), Path({str(out)!r}), shard_size=3)")
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
-    deadline = time.time() + 120
-    stored = 0
-    while time.time() < deadline:
-        try:
-            stored = sqlite3.connect(out / "manifest.sqlite").execute(
-                "SELECT COUNT(*) FROM materials WHERE state='stored'").fetchone()[0]
-        except sqlite3.OperationalError:
-            stored = 0
-        if stored >= 6:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    stored = wait_for_count(out / "manifest.sqlite", "SELECT COUNT(*) FROM materials WHERE state='stored'", 6,
+                            timeout=120)
+    kill_group(proc)
     assert 6 <= stored < n
     summary = harvest(list(from_directory(root)), out)
     ds = Dataset(out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers_process import kill_group, wait_for_count
 
 pytest.importorskip("gpaw", reason="GPAW is installed by scripts/setup.sh (scripts/install_gpaw.sh)")
 
@@ -119,19 +120,10 @@ def test_kill_9_during_build_dataset_then_rerun_completes_each_structure_once(tm
                              "--no-figures"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     db = project / "jobs.sqlite"
-    deadline = time.time() + 300
-    running = 0
-    while time.time() < deadline and running == 0:
-        if db.exists():
-            try:
-                running = sqlite3.connect(db).execute("SELECT COUNT(*) FROM jobs WHERE state='RUNNING'").fetchone()[0]
-            except sqlite3.OperationalError:
-                pass
-        time.sleep(0.1)
+    running = wait_for_count(db, "SELECT COUNT(*) FROM jobs WHERE state='RUNNING'", 1, timeout=300, poll=0.1)
     assert running, "no job started"
     time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, mid-job
-    proc.wait()
+    kill_group(proc)  # the build and its workers, mid-job
     con = sqlite3.connect(db)
     assert con.execute("SELECT COUNT(*) FROM jobs WHERE state='COMPLETED'").fetchone()[0] < 5
 
