@@ -75,3 +75,27 @@ def test_resolve_prefers_a_users_file_and_lists_bundled_names(tmp_path: Path, mo
     assert resolve("workflows", "demo").name == "demo.yaml" and resolve("workflows", "demo") != own
     with pytest.raises(ConfigError, match="bundled: .*demo"):
         resolve("workflows", "nonexistent")
+
+
+def test_profiles_check_prints_the_batch_script_of_the_profile(monkeypatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from dftflow.cli.app import app
+
+    res = CliRunner().invoke(app, ["profiles", "check", "perlmutter-cpu", "--launch-dir", "/p/launches/x", "--json"])
+    assert res.exit_code == 0, res.output
+    script = json.loads(res.output)["script"]
+    for line in ("#SBATCH --account=m0000", "#SBATCH --qos=regular", "#SBATCH --constraint=cpu",
+                 "#SBATCH --ntasks-per-node=128", "#SBATCH --cpus-per-task=2", "#SBATCH --time=06:00:00",
+                 "#SBATCH --output=/p/launches/x/slurm-%j.out", "module load vasp/6.4.3-cpu",
+                 "export DFTFLOW_JOB_END=$(( $(date +%s) + 21600 ))", "export DFTFLOW_STOP_MARGIN=600"):
+        assert line in script.splitlines(), line
+    assert script.rstrip().endswith("-m dftflow rocket /p/launches/x")
+    monkeypatch.delenv("DFTFLOW_DB_PASSWORD", raising=False)
+    warned = json.loads(CliRunner().invoke(app, ["profiles", "check", "archer2", "--json"]).output)
+    assert any("DFTFLOW_DB_PASSWORD" in w for w in warned["warnings"])
+    assert "#SBATCH --hint=nomultithread" in warned["script"]
+    local = json.loads(CliRunner().invoke(app, ["profiles", "check", "local", "--json"]).output)
+    assert local["script"] is None and local["warnings"] == []
