@@ -40,7 +40,7 @@ def project_recipe(project: Project) -> Recipe | None:
     return recipe
 
 
-def _ticker(progress: st.Progress | None):
+def _ticker(progress: st.Progress | None, label: str = "dft"):
     """Turn queue counts into progress-bar advances (finished jobs)."""
     if progress is None:
         return None
@@ -50,7 +50,7 @@ def _ticker(progress: st.Progress | None):
         total = sum(counts.values())
         done = counts["COMPLETED"] + counts["FAILED"] + counts["LOST"]
         if not state["started"]:
-            progress.start("dft", total)
+            progress.start(label, total)
             state["started"] = True
             progress.advance(done)
         elif done > state["done"]:
@@ -58,6 +58,49 @@ def _ticker(progress: st.Progress | None):
         state["done"] = done
 
     return tick
+
+
+def _train_stage(recipe: Recipe, project: Project, progress: Any) -> dict[str, Any]:
+    """Split the dataset (once, seeded) and train, continuing an interrupted run."""
+    from dftflow.dataset.split import split_dataset
+    from dftflow.ml.train import load_checkpoint, load_config, train
+
+    cfg_t = recipe.train
+    assert cfg_t is not None and recipe.harvest is not None
+    dataset = project.root / recipe.harvest.out
+    split = project.root / "split.json"
+    if not split.exists():
+        data = split_dataset(dataset, test=cfg_t.test, val=cfg_t.val, seed=cfg_t.seed)
+        tmp = split.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(split)
+    out = project.root / cfg_t.out
+    cfg = load_config(cfg_t.config, {**cfg_t.overrides, "data.dataset": str(dataset), "data.split": str(split),
+                                     "data.task": "pbe-id", "out": str(out)})
+    last = out / "checkpoint_last.pt"
+    if last.exists() and load_checkpoint(last)["state"]["step"] >= cfg.optim.max_steps:
+        ckpt = load_checkpoint(last)
+        return {"model": str(out / "checkpoint_best.pt"), "steps": ckpt["state"]["step"],
+                "best_val_eps_mae": ckpt["state"]["best_val"], "already_trained": True}
+    summary = train(cfg, resume=last.exists(), progress=progress)
+    return {"model": str(out / "checkpoint_best.pt"), "split": str(split), **{
+        k: summary[k] for k in ("best_val_eps_mae", "final_loss", "saed_fit_eps_mae", "steps") if k in summary}}
+
+
+def _accel_stage(recipe: Recipe, project: Project, workers: int, progress: Any) -> dict[str, Any]:
+    """accel-eval of the trained model on the held-back materials, with the DFT stage's settings."""
+    from dftflow.accel.run import accel_eval, dataset_materials
+
+    cfg_a, cfg_t = recipe.accel, recipe.train
+    assert cfg_a is not None and cfg_t is not None and recipe.dft is not None and recipe.harvest is not None
+    materials = dataset_materials(project.root / recipe.harvest.out, project.root / "split.json", "pbe-id",
+                                  cfg_a.subset)
+    report = accel_eval(project.root / cfg_a.out, materials, model=project.root / cfg_t.out / "checkpoint_best.pt",
+                        arms=tuple(cfg_a.arms), inputset=recipe.dft.static, overrides=recipe.dft.overrides,
+                        nfixed=cfg_a.nfixed, occupancies=cfg_a.occupancies, workers=workers,
+                        on_tick=_ticker(progress, "accel"))
+    return {"report": str(project.root / cfg_a.out / "accel.json"), "summary": report["summary"],
+            "materials": report["materials"], "problems": report["problems"], "arms": cfg_a.arms}
 
 
 def build_dataset(recipe: Recipe, project: Project, *, until: Stage = "select", workers: int | None = None,
@@ -90,6 +133,14 @@ def build_dataset(recipe: Recipe, project: Project, *, until: Stage = "select", 
                     result = harvest(list(from_project(project.root)), project.root / cfg.out, workers=workers,
                                      progress=progress, shard_size=cfg.shard_size, compression=cfg.compression)
                     result["dataset"] = str(project.root / cfg.out)
+                elif stage == "train":
+                    if recipe.train is None or recipe.harvest is None:
+                        continue
+                    result = _train_stage(recipe, project, progress)
+                elif stage == "accel":
+                    if recipe.accel is None or recipe.train is None or recipe.dft is None:
+                        continue
+                    result = _accel_stage(recipe, project, workers, progress)
                 elif recipe.dft is None:
                     continue  # the recipe has no DFT stage
                 else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,55 @@ def shared() -> Path:
     if path is None:
         pytest.skip("reference data ../shared/fixtures not found beside the checkout")
     return path
+
+
+@pytest.fixture(scope="session")
+def si_checkpoint(shared: Path, tmp_path_factory) -> Path:
+    """A (barely trained) ChargE3Net checkpoint from the real VASP Si density: for plumbing tests."""
+    import shutil
+
+    from dftflow.dataset.harvest import from_directory, harvest
+    from dftflow.ml.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("si-ckpt")
+    (root / "src" / "Si").mkdir(parents=True)
+    shutil.copy(shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz",
+                root / "src" / "Si" / "CHGCAR.gz")
+    harvest(list(from_directory(root / "src")), root / "ds")
+    train(TrainConfig.model_validate({
+        "model": {"num_interactions": 1, "mul": 8, "lmax": 1, "num_basis": 6, "radial_neurons": 8},
+        "data": {"dataset": str(root / "ds"), "train_ids": ["src|Si"], "val_ids": ["src|Si"], "n_probes": 32,
+                 "batch_size": 1, "val_probes": 200},
+        "optim": {"max_steps": 2, "val_every": 2, "checkpoint_every": 2},
+        "delta_saed": True, "saed_probes": 2000, "out": str(root / "fit")}))
+    return root / "fit" / "checkpoint_best.pt"
+
+
+DOUBLE = REPO / "tests" / "vasp_double" / "vasp_std"
+
+
+@pytest.fixture()
+def vasp_double(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Returns ``configure(**extra) -> env``; ``vasp_std`` then runs the double on the Si relax → static chain."""
+    base = shared / "fixtures" / "vasp" / "Si_mp_gga_relax"
+
+    def configure(**extra) -> dict[str, str]:
+        config = {
+            "references": [
+                {"dir": str(base / "GGA_Relax_1"), "match": {"NSW": 99}},
+                {"dir": str(base / "GGA_Relax_2"), "match": {"NSW": 99}},
+                {"dir": str(base / "GGA_Static"), "match": {"NSW": 0}, "tolerance": 0.01,
+                 "chgcar": str(shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz")},
+            ],
+            "state": str(tmp_path / "double-state"),
+            **extra,
+        }
+        path = tmp_path / "double.json"
+        path.write_text(json.dumps(config))
+        env = {"DFTFLOW_VASP_DOUBLE": str(path),
+               "DFTFLOW_VASP_COMMANDS": json.dumps({"vasp_std": f"{sys.executable} {DOUBLE}"})}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        return env
+
+    return configure

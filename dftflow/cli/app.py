@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from dftflow import __version__
-from dftflow.cli import build, candidates, dataset, inputs, jobs, ml, profiles, recipes, submit
+from dftflow.cli import accel, build, candidates, dataset, inputs, jobs, ml, profiles, recipes, submit
 from dftflow.cli.common import err_console
 from dftflow.errors import DftflowError
 
@@ -47,6 +47,7 @@ app.command("rocket", hidden=True)(submit.rocket)
 app.command("train")(ml.train)
 app.command("predict")(ml.predict)
 app.command("evaluate")(ml.evaluate)
+app.command("accel-eval")(accel.accel_eval)
 app.command("status")(jobs.status)
 app.command("retry")(jobs.retry)
 app.command("harvest")(dataset.harvest)

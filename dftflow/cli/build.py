@@ -50,6 +50,19 @@ def build_dataset(
         console.print(f"dataset: {harvested['stored']} new densities stored, {harvested['already_stored']} already "
                       f"there, {harvested['quarantined']} quarantined → {harvested['dataset']} "
                       "(`dftflow dataset info` describes it)")
+    trained = summary["stages"].get("train")
+    if trained:
+        eps = trained.get("best_val_eps_mae")
+        console.print(f"model: {trained['model']} ({trained.get('steps', '?')} steps"
+                      + (f", best validation ε_mae {eps:.2%}" if isinstance(eps, float) and eps < 1e9 else "") + ")")
+    accel = summary["stages"].get("accel")
+    if accel:
+        from dftflow.cli.accel import accel_table
+
+        console.print(accel_table({"settings": {"arms": accel["arms"]}, "materials": accel["materials"]}))
+        for problem in accel["problems"]:
+            console.print(f"[red]{problem['uid']} {problem['job']}: {problem['state']}[/] {problem['error'] or ''}")
+        console.print(f"accel-eval report: {accel['report']}")
     for fig in summary.get("figures", []):
         console.print(f"figure: {fig}")
     console.print(f"project: {root}")

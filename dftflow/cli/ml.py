@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
 from dftflow.cli.common import JsonOpt, RichProgress, console, print_json, read_structure, structure_name
@@ -86,8 +85,7 @@ def predict(
     json_: JsonOpt = False,
 ) -> None:
     """Predict the full-grid density of any structure (no density file needed) and write a CHGCAR."""
-    from dftflow.ml.predict import default_grid, load_model, predict_grid, rescale, write_prediction_chgcar
-    from dftflow.ml.saed import add_saed
+    from dftflow.ml.predict import default_grid, load_model, predict_density, write_prediction_chgcar
 
     net, ckpt = load_model(model)
     rows = []
@@ -96,21 +94,15 @@ def predict(
         shape = tuple(int(x) for x in grid.split(",")) if grid else default_grid(structure.lattice.matrix, spacing)
         if len(shape) != 3:
             raise InputError(f"--grid {grid!r}: expected nx,ny,nz")
-        with RichProgress(enabled=not json_) as progress:
-            result = predict_grid(net, structure, shape, chunk=chunk, progress=progress)
-        rho = result["rho"][..., 0] if net.config.spin else result["rho"]
-        rho = add_saed(rho, structure, ckpt.get("saed"))
-        electrons = float(rho.sum(dtype=np.float64) * structure.volume / rho.size)
         target = _nelect(structure, nelect)
-        factor = 1.0
-        if target is not None:
-            rho, factor = rescale(rho, structure.volume, target)
+        with RichProgress(enabled=not json_) as progress:
+            result = predict_density(net, ckpt, structure, shape, nelect=target, chunk=chunk, progress=progress)
         dest = out / structure_name(path) / "CHGCAR"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        diff = result["rho"][..., 1] if net.config.spin else None
-        write_prediction_chgcar(structure, rho, dest, diff=diff)
+        write_prediction_chgcar(structure, result["rho"], dest, diff=result["diff"])
         rows.append({"structure": str(path), "chgcar": str(dest), "grid": list(shape), "seconds": result["seconds"],
-                     "electrons_predicted": electrons, "nelect": target, "scale": factor})
+                     "electrons_predicted": result["electrons_predicted"], "nelect": target,
+                     "scale": result["scale"]})
     if json_:
         print_json(rows)
         return

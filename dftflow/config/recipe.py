@@ -14,8 +14,8 @@ from pydantic import Field, field_validator
 from dftflow.config.base import StrictModel, load_yaml_model
 from dftflow.resources import resolve
 
-Stage = Literal["import", "screen", "dedup", "select", "dft", "harvest"]
-STAGES: tuple[Stage, ...] = ("import", "screen", "dedup", "select", "dft", "harvest")
+Stage = Literal["import", "screen", "dedup", "select", "dft", "harvest", "train", "accel"]
+STAGES: tuple[Stage, ...] = ("import", "screen", "dedup", "select", "dft", "harvest", "train", "accel")
 
 
 class SourceSpec(StrictModel):
@@ -129,6 +129,27 @@ class HarvestSettings(StrictModel):
     shard_size: int = Field(default=64, gt=0, description="materials per shard file")
 
 
+class TrainSettings(StrictModel):
+    """Split the harvested dataset (ECD pbe-id task) and train a model on it."""
+
+    config: str = Field(default="charge3net-demo", description="training config (ml/*.yaml name or path)")
+    test: float = Field(default=0.1, gt=0, description="held-back materials: a fraction (< 1) or a count")
+    val: float = Field(default=0.05, gt=0, description="validation materials: a fraction or a count")
+    seed: int = 0
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted config keys, e.g. optim.max_steps")
+    out: str = Field(default="model", description="training directory, relative to the project")
+
+
+class AccelSettings(StrictModel):
+    """accel-eval of the trained model on the held-back (test) materials, with the DFT stage's settings."""
+
+    subset: Literal["train", "val", "test"] = "test"
+    arms: list[str] = Field(default_factory=lambda: ["default", "ml", "ml-true-occ", "oracle"])
+    nfixed: int = Field(default=3, ge=0)
+    occupancies: Literal["refresh", "atomic"] = "refresh"
+    out: str = Field(default="accel", description="evaluation directory, relative to the project")
+
+
 class Recipe(StrictModel):
     name: str
     description: str = ""
@@ -140,6 +161,8 @@ class Recipe(StrictModel):
     selection: dict[str, SelectorSettings] = Field(default_factory=dict)
     dft: DftSettings | None = None
     harvest: HarvestSettings | None = None
+    train: TrainSettings | None = None
+    accel: AccelSettings | None = None
 
     # Where the file came from; paths inside the recipe are relative to it.
     base_dir: Path = Field(default=Path("."), exclude=True)

@@ -64,6 +64,65 @@ def _components(atoms: Atoms, params: dict[str, Any], txt: Any) -> tuple:
     return p, log, builder, basis_set, scf_loop, pot_calc, density
 
 
+def _compensation_sR(builder: Any, density: Any, D_asii: list[np.ndarray]) -> np.ndarray:
+    """Compensation charges of ``D_asii`` on the density grid, per spin, in e/Å³.
+
+    The same terms GPAW adds in ``get_pseudo_density()`` (``Densities.pseudo_densities``),
+    so ``ρ_CHGCAR = nt_sR / Bohr³ + compensation`` holds exactly for a (grid, D) pair.
+    """
+    from gpaw.densities import Densities
+
+    D = density.D_asii.new()
+    for a, D_sii in D.items():
+        D_sii[:] = np.asarray(D_asii[a]).reshape(D_sii.shape)
+    return Densities(density.nt_sR.new(zeroed=True), D, builder.relpos_ac, builder.setups) \
+        .pseudo_densities(add_compensation_charges=True).data.copy()
+
+
+class GridConverter:
+    """Between GPAW's own density (``nt_sR``, ``D_asii``) and the total PAW pseudo density of a CHGCAR.
+
+    ``grid`` is the calculation's grid, the one a model must predict on;
+    ``nvalence`` the valence electrons the total density integrates to.
+    """
+
+    def __init__(self, atoms: Atoms, params: dict[str, Any]):
+        _, _, self.builder, _, _, _, self.density = _components(atoms, params, None)
+        self.atomic = DensityState(self.density.nt_sR.data.copy(),
+                                   [self.density.D_asii[a].copy() for a in range(len(atoms))])
+        self.grid = tuple(self.density.nt_sR.data.shape[1:])
+        self.nspins = self.density.nt_sR.data.shape[0]
+        self.nvalence = float(self.density.nvalence - self.density.charge)
+
+    def total(self, state: DensityState) -> np.ndarray:
+        """ρ per spin (e/Å³, pseudo density plus compensation charges) of a GPAW density."""
+        from ase.units import Bohr
+
+        return state.nt_sR / Bohr**3 + _compensation_sR(self.builder, self.density, state.D_asii)
+
+    def state(self, rho: np.ndarray, D_asii: list[np.ndarray], *,
+              magnetization: np.ndarray | None = None) -> DensityState:
+        """GPAW's density for a total density ``rho`` (e/Å³, spin summed) and density matrices ``D_asii``.
+
+        Spin-polarised calculations split ``rho`` with ``magnetization`` (e/Å³;
+        default: that of GPAW's atomic guess with the input set's initial moments).
+        """
+        from ase.units import Bohr
+
+        rho = np.asarray(rho, dtype=float)
+        if rho.shape != self.grid:
+            raise ValueError(f"density grid {rho.shape} is not the calculation's grid {self.grid}")
+        if self.nspins == 1:
+            rho_s = rho[None]
+        else:
+            if magnetization is None:
+                atomic = self.total(self.atomic)
+                magnetization = atomic[0] - atomic[1]
+            rho_s = np.stack([(rho + magnetization) / 2, (rho - magnetization) / 2])
+        nt = (rho_s - _compensation_sR(self.builder, self.density, D_asii)) * Bohr**3
+        return DensityState(nt, [np.asarray(D, dtype=float).copy() for D in D_asii])
+
+
 def state_of(dft: Any) -> DensityState:
     """The density of a GPAW ``DFT`` object (``calc.dft``)."""
     density = dft.density
@@ -76,15 +135,36 @@ def initial_state(atoms: Atoms, params: dict[str, Any]) -> DensityState:
     return DensityState(density.nt_sR.data.copy(), [density.D_asii[a].copy() for a in range(len(atoms))])
 
 
+def _refresh_occupancies(dft: Any, builder: Any, density: Any, pot_calc: Any) -> None:
+    from ase.units import Bohr
+
+    natoms = len(dft.atoms)
+    keep = density.nt_sR.data / Bohr**3 + _compensation_sR(builder, density, [density.D_asii[a] for a in range(natoms)])
+    density.update(dft.ibzwfs)  # grid and matrices from the wave functions
+    fresh = [density.D_asii[a].copy() for a in range(natoms)]
+    density.nt_sR.data[:] = (keep - _compensation_sR(builder, density, fresh)) * Bohr**3
+    density.normalize(pot_calc.charge)
+    dft.potential, dft.energies, _ = pot_calc.calculate(density, dft.ibzwfs, dft.potential.vHt_x)
+
+
 def scf_from_density(atoms: Atoms, params: dict[str, Any], start: DensityState | None, *,
-                     nfixed: int = 0, txt: Any = None) -> dict[str, Any]:
+                     nfixed: int = 0, refresh_occupancies: bool = False, txt: Any = None) -> dict[str, Any]:
     """Converge an SCF from ``start`` (None: GPAW's default guess), counting iterations.
+
+    ``refresh_occupancies``: after the ``nfixed`` fixed-density steps, replace the
+    density matrices by those of the wave functions just converged in the
+    start's potential, keeping the start's total density (grid plus compensation
+    charges). This needs no converged calculation, so it is a deployable source
+    of PAW occupancies for a predicted grid.
 
     Returns ``energy`` (eV), ``n_scf`` (iterations with density updates),
     ``n_fixed`` (fixed-density steps done first), ``wall`` (s) and the ``dft`` object.
     """
     from gpaw.new.calculation import DFT
+    from gpaw.new.scf import KohnShamConvergenceError
 
+    if refresh_occupancies and nfixed < 1:
+        raise ValueError("refresh_occupancies needs at least one fixed-density step (nfixed >= 1)")
     t0 = time.perf_counter()
     p, log, builder, basis_set, scf_loop, pot_calc, density = _components(atoms, params, txt)
     if start is not None:
@@ -105,10 +185,14 @@ def scf_from_density(atoms: Atoms, params: dict[str, Any], start: DensityState |
     done = 0
     if nfixed > 0:
         scf_loop.update_density_and_potential = False
-        for done, _ctx in enumerate(dft.iconverge(maxiter=nfixed + 1), start=1):
-            if done == nfixed:
-                break
+        try:  # GPAW logs each step; the last one ends with "not converged", which is expected here
+            for _ctx in dft.iconverge(maxiter=nfixed):
+                done += 1
+        except KohnShamConvergenceError:
+            pass
         scf_loop.update_density_and_potential = True
+        if refresh_occupancies:
+            _refresh_occupancies(dft, builder, density, pot_calc)
         for criterion in scf_loop.convergence.values():
             criterion.reset()
     dft.converge()

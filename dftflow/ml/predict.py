@@ -79,6 +79,27 @@ def predict_grid(model: ChargE3Net, structure: Any, grid: tuple[int, int, int], 
             "max_chunk_edges": max_edges}
 
 
+def predict_density(model: ChargE3Net, ckpt: dict[str, Any], structure: Any, grid: tuple[int, int, int], *,
+                    nelect: float | None = None, chunk: int = 20000, progress: Any = None) -> dict[str, Any]:
+    """What a user runs: the model's grid, the SAED added back for Δ-SAED models, rescaled to ``nelect``.
+
+    Returns ``rho`` (e/Å³), ``diff`` (the magnetisation for spin models, else None),
+    ``electrons_predicted`` (before rescaling), ``scale`` and ``seconds`` (all of it).
+    """
+    from dftflow.ml.saed import add_saed
+
+    t0 = time.perf_counter()
+    result = predict_grid(model, structure, grid, chunk=chunk, progress=progress)
+    rho = result["rho"][..., 0] if model.config.spin else result["rho"]
+    rho = add_saed(rho, structure, ckpt.get("saed"))
+    electrons = float(rho.sum(dtype=np.float64) * structure.volume / rho.size)
+    factor = 1.0
+    if nelect is not None:
+        rho, factor = rescale(rho, structure.volume, nelect)
+    return {"rho": rho, "diff": result["rho"][..., 1] if model.config.spin else None, "grid": tuple(grid),
+            "electrons_predicted": electrons, "scale": factor, "seconds": time.perf_counter() - t0}
+
+
 def rescale(rho: np.ndarray, volume: float, nelect: float) -> tuple[np.ndarray, float]:
     """Scale ρ so that it integrates to ``nelect``; returns the grid and the factor applied."""
     electrons = float(np.sum(rho, dtype=np.float64) * volume / rho.size)

@@ -14,6 +14,7 @@ checkpoint trained with it.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -64,10 +65,13 @@ def saed_at(points: np.ndarray, cell: np.ndarray, positions: np.ndarray, numbers
     """ρ_SAED (e/Å³) at Cartesian points."""
     elements = sorted(int(z) for z in saed["coefficients"])
     missing = {int(z) for z in numbers} - set(elements)
-    if missing:
-        from dftflow.errors import InputError
-
-        raise InputError(f"the SAED table has no density for element(s) Z={sorted(missing)} (not in the training set)")
+    if missing:  # no atomic density fitted for them: the model's output is all there is near those atoms
+        warnings.warn(f"the SAED table has no density for element(s) Z={sorted(missing)} (not in the training "
+                      "set); they contribute nothing to rho_SAED", stacklevel=2)
+        keep = np.isin(numbers, elements)
+        positions, numbers = np.asarray(positions)[keep], np.asarray(numbers)[keep]
+        if not len(numbers):
+            return np.zeros(len(points))
     coef = np.concatenate([saed["coefficients"][str(z)] for z in elements])
     X = _design(np.asarray(points, dtype=float), np.asarray(cell, dtype=float), np.asarray(positions, dtype=float),
                 np.asarray(numbers), elements, np.asarray(saed["widths"]), float(saed["cutoff"]))

@@ -72,19 +72,11 @@ def _handlers(wall_time: float | None) -> list[Any]:
 
 
 def _scf_steps(directory: Path) -> list[int]:
-    """SCF steps per ionic step, from OSZICAR (``DAV:``/``RMM:``/``CG:`` lines)."""
+    """SCF steps per ionic step, from OSZICAR (none if VASP wrote none)."""
+    from dftflow.accel.steps import oszicar_steps
+
     path = directory / "OSZICAR"
-    if not path.exists():
-        return []
-    steps: list[int] = []
-    count = 0
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith(("DAV:", "RMM:", "CG", "DIA:")):
-            count += 1
-        elif "F=" in line and count:
-            steps.append(count)
-            count = 0
-    return steps
+    return oszicar_steps(path) if path.exists() else []
 
 
 def parse_run(directory: Path) -> dict[str, Any]:
@@ -146,10 +138,30 @@ def _structure(obj: Any) -> Any:
     return obj if isinstance(obj, Structure) else Structure.from_dict(obj)
 
 
+def _start_chgcar(maker: VaspMaker, iset_name: str, prev_dir: str | None, start_chgcar: str | None) -> Path | None:
+    """The CHGCAR a run starts from: an explicit file, or the previous run's when ``copy_chgcar``."""
+    if start_chgcar:
+        path = Path(start_chgcar)
+        if not path.exists():
+            raise VaspRunError(f"{iset_name}: the starting density {path} does not exist")
+        return path
+    if not maker.copy_chgcar:
+        return None
+    if not prev_dir:
+        raise VaspRunError(f"{iset_name}: starts from a CHGCAR but no previous run was given")
+    src = next((Path(prev_dir) / n for n in ("CHGCAR", "CHGCAR.gz") if (Path(prev_dir) / n).exists()), None)
+    if src is None:
+        raise VaspRunError(f"{prev_dir}: no CHGCAR to start {iset_name} from")
+    return src
+
+
 def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
              prev_magnetization: float | None = None, prev_magmoms: list[float] | None = None,
-             directory: Path | None = None) -> dict[str, Any]:
-    """Write inputs, run VASP under custodian (climbing the ladder if needed) and parse the result."""
+             directory: Path | None = None, start_chgcar: str | None = None) -> dict[str, Any]:
+    """Write inputs, run VASP under custodian (climbing the ladder if needed) and parse the result.
+
+    ``start_chgcar``: a density file to start from (copied to CHGCAR; pair it with ICHARG = 1).
+    """
     from custodian import Custodian
     from custodian.custodian import CustodianError
     from custodian.vasp.jobs import VaspJob
@@ -178,12 +190,8 @@ def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
         for stale in ("vasprun.xml", "OUTCAR", "OSZICAR", "STOPCAR"):
             (workdir / stale).unlink(missing_ok=True)
         write_inputs(inputs, workdir, potcar_dir=Path(potcar_dir) if potcar_dir else None)
-        if maker.copy_chgcar:
-            if not prev_dir:
-                raise VaspRunError(f"{iset.name}: starts from a CHGCAR but no previous run was given")
-            src = next((Path(prev_dir) / n for n in ("CHGCAR", "CHGCAR.gz") if (Path(prev_dir) / n).exists()), None)
-            if src is None:
-                raise VaspRunError(f"{prev_dir}: no CHGCAR to start {iset.name} from")
+        src = _start_chgcar(maker, iset.name, prev_dir, start_chgcar)
+        if src is not None:
             if src.suffix == ".gz":
                 from dftflow.compression import decompress
 
@@ -191,6 +199,7 @@ def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
             else:
                 shutil.copyfile(src, workdir / "CHGCAR")
         cmd = shlex.split(vasp_command(maker.command))
+        t0 = time.perf_counter()
         custodian = Custodian(_handlers(_remaining_walltime()), [VaspJob(cmd, auto_npar=False, final=True)],
                               max_errors=maker.max_errors, polling_time_step=2, monitor_freq=5,
                               directory=str(workdir))
@@ -199,6 +208,7 @@ def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
             custodian.run()
         except (CustodianError, RuntimeError) as exc:
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        wall = time.perf_counter() - t0
         stderr = workdir / "std_err.txt"
         if error is None:
             result = parse_run(workdir)
@@ -231,6 +241,7 @@ def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
         "potcar_symbols": inputs.potcar_symbols,
         "corrections": [run.get("corrections", []) for run in runs],
         "ladder_history": history,
+        "wall_s": round(wall, 3),
         "notes": notes + inputs.notes,
         "versions": {"vasp": result.get("vasp_version"), "custodian": custodian_version,
                      "pymatgen": pymatgen_version},

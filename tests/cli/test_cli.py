@@ -63,8 +63,8 @@ def test_json_outputs_are_machine_readable() -> None:
 
 
 def test_build_dataset_demo_json_and_figures(tmp_path: Path) -> None:
-    out = json.loads(dftflow("build-dataset", "demo", "--project", str(tmp_path / "p"), "--json",
-                             check=True).stdout)
+    out = json.loads(dftflow("build-dataset", "demo", "--until", "harvest", "--project", str(tmp_path / "p"),
+                             "--json", check=True).stdout)
     funnel = {r["step"]: r for r in out["funnel"]}
     assert funnel["dedup"]["passed"] == 16
     assert out["stages"]["select"]["hse"]["size"] == 6
@@ -76,6 +76,43 @@ def test_build_dataset_demo_json_and_figures(tmp_path: Path) -> None:
                                 check=True).stdout)
     assert [o["filter"] for o in listed["outcomes"]][-1] == "dedup"
     assert "hse" in listed["selections"] or listed["selections"] == []
+
+
+def test_recipe_trains_a_model_and_evaluates_scf_acceleration(tmp_path: Path) -> None:
+    """The demo's last stages on three crystals: split → train → accel-eval of the held-back one."""
+    structures = tmp_path / "structures"
+    structures.mkdir()
+    for name in ("Si", "C_diamond", "SiC_3C"):
+        shutil.copy(DEMO / f"{name}.cif", structures)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"""
+name: tiny
+workers: 2
+sources: [{{type: cif, path: {structures}, label: t}}]
+dft: {{engine: gpaw, static: gpaw_pbe_static, overrides: {{ecut: 250, kpoint_density: 8}}}}
+harvest: {{out: dataset}}
+train:
+  config: charge3net-demo
+  test: 1
+  val: 1
+  overrides: {{optim.max_steps: 4, optim.val_every: 2, optim.checkpoint_every: 2, data.n_probes: 32}}
+accel: {{arms: [default, ml, oracle], nfixed: 2}}
+""")
+    out = json.loads(dftflow("build-dataset", str(recipe), "--project", str(tmp_path / "p"), "--json",
+                             check=True).stdout)
+    split = json.loads((tmp_path / "p" / "split.json").read_text())
+    assert sorted(len(v) for v in split["sets"].values()) == [1, 1, 1]
+    assert out["stages"]["train"]["steps"] == 4 and Path(out["stages"]["train"]["model"]).exists()
+    accel = out["stages"]["accel"]
+    [row] = accel["materials"]
+    assert row["uid"] == split["sets"]["pbe_test"][0]
+    assert row["arms"] == ["default", "ml", "oracle", "predict"] and accel["problems"] == []
+    assert row["steps_oracle"] < row["steps_default"]
+    # rerun: the model is trained and the arms are done; nothing runs again
+    again = json.loads(dftflow("build-dataset", str(recipe), "--project", str(tmp_path / "p"), "--json",
+                               check=True).stdout)
+    assert again["stages"]["train"]["already_trained"] is True
+    assert again["stages"]["accel"]["materials"] == accel["materials"]
 
 
 def test_until_stops_after_the_stage(tmp_path: Path) -> None:

@@ -148,3 +148,26 @@ def test_parallel_allocations_never_lose_or_duplicate_a_workflow(setup, tmp_path
     state = tmp_path / "double-state"
     assert int((state / "GGA_Relax_1.runs").read_text()) == 6
     assert int((state / "GGA_Static.runs").read_text()) == 6
+
+
+def test_accel_eval_arms_run_through_slurm(setup, shared: Path, si_checkpoint: Path, tmp_path: Path) -> None:
+    """accel-eval --engine vasp: the arms are workflows on SLURM; a rerun collects the report."""
+    setup["double"]()
+    poscar = tmp_path / "Si-static.vasp"
+    poscar.write_bytes(gzip.decompress((shared / SI / "GGA_Static" / "inputs" / "POSCAR.gz").read_bytes()))
+    out = tmp_path / "accel"
+    args = ["accel-eval", str(poscar), "--engine", "vasp", "--profile", str(setup["profile"](pack=1)),
+            "--model", str(si_checkpoint), "--inputset", "mp-static", "--out", str(out)]
+    first = cli(*args)
+    assert len(first["launched"]) == 1 and first["materials"] == []  # nothing finished yet
+    status = wait_until_settled(out)
+    while status["counts"]["COMPLETED"] < 5:  # the arms wait for default → predict; submit again as they unblock
+        assert not status["failures"], status["failures"]
+        cli(*args)
+        status = wait_until_settled(out)
+    report = cli(*args)
+    [row] = report["materials"]
+    assert row["arms"] == ["default", "ml", "ml-true-occ", "oracle", "predict"]
+    assert row["steps_default"] == 10 and row["ratio_ml"] == 1.0  # the replayed GGA_Static run
+    assert report["settings"]["nfixed"] == 5 and report["problems"] == []
+    assert len(list((out / "launches").glob("*/results/*.json"))) == 5

@@ -1,0 +1,191 @@
+"""The accel-eval arms on GPAW: one SCF per arm, identical but for the starting density.
+
+Per material the flow is ``default`` (GPAW's atomic guess; its converged
+density is the reference of the other arms) and ``predict`` (the model's total
+density on the calculation's grid, rescaled to the valence electron count),
+then the restarts:
+
+* ``ml`` (deployable): predicted grid with occupancies that need no converged
+  calculation (``occupancies``: ``refresh``, the density matrices of the wave
+  functions converged in the predicted density's potential, or ``atomic``);
+* ``ml-atomic-occ``: predicted grid with GPAW's atomic density matrices;
+* ``ml-true-occ`` (not deployable): predicted grid with the converged density
+  matrices, the protocol behind published SCF savings;
+* ``oracle``: the converged density itself (the floor).
+
+Every arm makes the same ``nfixed`` fixed-density steps first, with fresh wave
+functions (LCAO eigenstates of the starting potential), the same parameters
+and the same convergence criteria.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jobflow import Maker, job
+from pymatgen.core import Structure
+
+ARMS: dict[str, dict[str, Any]] = {
+    "default": {"deployable": True, "label": "default guess"},
+    "ml": {"deployable": True, "label": "ML grid + deployable occupancies"},
+    "ml-atomic-occ": {"deployable": True, "label": "ML grid + atomic occupancies"},
+    "ml-true-occ": {"deployable": False, "label": "ML grid + true occupancies (not deployable)"},
+    "oracle": {"deployable": False, "label": "converged density (floor)"},
+}
+DEFAULT_ARMS = ("default", "ml", "ml-true-occ", "oracle")
+
+
+def _atoms_params(structure: Structure, inputset: str, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
+    from dftflow.gpaw.jobs import _prepare
+    from dftflow.inputsets import load_inputset, with_overrides
+
+    iset = with_overrides(load_inputset(inputset), overrides)
+    atoms, params = _prepare(structure, iset, Path.cwd())
+    return atoms, params, iset
+
+
+def band_character(dft: Any) -> dict[str, Any]:
+    """Band gap (eV, 0 for metals) and whether any band crosses the Fermi level."""
+    calc = dft.ase_calculator()
+    nspins, nkpts = calc.get_number_of_spins(), len(calc.get_ibz_k_points())
+    eigs = np.array([[calc.get_eigenvalues(kpt=k, spin=s) for k in range(nkpts)] for s in range(nspins)])
+    ef = float(calc.get_fermi_level())
+    below, above = eigs < ef, eigs > ef
+    crossing = bool(np.any(below.any(axis=(0, 1)) & above.any(axis=(0, 1))))
+    gap = 0.0 if crossing or not below.any() or not above.any() else float(eigs[above].min() - eigs[below].max())
+    return {"metal": crossing, "gap": gap}
+
+
+@dataclass(kw_only=True)
+class GpawArmMaker(Maker):
+    """One arm: a GPAW SCF from the arm's starting density, with its step counts and wall time."""
+
+    name: str = "accel default"
+    arm: str = "default"
+    inputset: str = "gpaw_pbe_static"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    nfixed: int = 3
+    occupancies: str = "refresh"
+
+    @job
+    def make(self, structure: Structure, uid: str = "", reference: dict[str, Any] | None = None,
+             prediction: dict[str, Any] | None = None) -> dict[str, Any]:
+        return run_arm(self, structure, uid=uid, reference=reference, prediction=prediction)
+
+
+def _start(maker: GpawArmMaker, atoms: Any, params: dict[str, Any], reference: dict[str, Any] | None,
+           prediction: dict[str, Any] | None) -> tuple[Any, bool, str]:
+    """(start density, refresh occupancies, occupancy source) of an arm."""
+    from dftflow.gpaw.restart import DensityState, GridConverter
+
+    if maker.arm == "default":
+        return None, False, "atomic"
+    if reference is None:
+        raise ValueError(f"arm {maker.arm} needs the default arm's converged density")
+    truth = DensityState.load(reference["density"])
+    if maker.arm == "oracle":
+        return truth, False, "converged"
+    if prediction is None:
+        raise ValueError(f"arm {maker.arm} needs a prediction")
+    conv = GridConverter(atoms, params)
+    rho = np.load(prediction["rho"])
+    diff = np.load(prediction["diff"]) if prediction.get("diff") else None
+    if maker.arm == "ml-true-occ":
+        return conv.state(rho, truth.D_asii, magnetization=diff), False, "converged"
+    if maker.arm == "ml-atomic-occ" or maker.occupancies == "atomic":
+        return conv.state(rho, conv.atomic.D_asii, magnetization=diff), False, "atomic"
+    if maker.arm == "ml" and maker.occupancies == "refresh":
+        return conv.state(rho, conv.atomic.D_asii, magnetization=diff), True, "refresh"
+    raise ValueError(f"unknown arm {maker.arm!r} or occupancies {maker.occupancies!r}")
+
+
+def run_arm(maker: GpawArmMaker, structure: Structure, *, uid: str = "", reference: dict[str, Any] | None = None,
+            prediction: dict[str, Any] | None = None) -> dict[str, Any]:
+    from gpaw.new.scf import KohnShamConvergenceError
+
+    from dftflow.accel.steps import gpaw_log_steps
+    from dftflow.gpaw.params import EngineError, params_hash, versions
+    from dftflow.gpaw.restart import scf_from_density, state_of
+
+    if maker.arm not in ARMS:
+        raise ValueError(f"unknown arm {maker.arm!r} (known: {', '.join(ARMS)})")
+    workdir = Path.cwd()
+    atoms, params, iset = _atoms_params(structure, maker.inputset, maker.overrides)
+    t0 = time.perf_counter()
+    start, refresh, source = _start(maker, atoms, params, reference, prediction)
+    t_start = time.perf_counter() - t0
+    log = workdir / "gpaw.txt"
+    try:
+        run = scf_from_density(atoms, params, start, nfixed=maker.nfixed, refresh_occupancies=refresh, txt=str(log))
+    except KohnShamConvergenceError as exc:
+        raise EngineError(f"arm {maker.arm}: SCF did not converge in {iset.maxiter} iterations; see {log}") from exc
+    dft = run["dft"]
+    logged = gpaw_log_steps(log)
+    out: dict[str, Any] = {
+        "uid": uid, "arm": maker.arm, "engine": "gpaw", "deployable": ARMS[maker.arm]["deployable"],
+        "occupancies": source, "energy": run["energy"], "natoms": len(atoms),
+        "n_scf": run["n_scf"], "n_fixed": run["n_fixed"], "steps": run["n_scf"] + run["n_fixed"],
+        "steps_log": {"fixed": logged.fixed, "scf": logged.scf},
+        "wall_s": round(run["wall"], 3), "setup_s": round(t_start, 3), "dir": str(workdir),
+        "inputset": iset.name, "parameters": params, "parameters_hash": params_hash(params),
+        "nfixed": maker.nfixed, "versions": versions(),
+    }
+    if maker.arm == "default":
+        density = workdir / "density.npz"
+        state_of(dft).save(density)
+        out["density"] = str(density)
+        out.update(band_character(dft))
+        magmom = 0.0
+        if params.get("spinpol"):
+            mm_v, mm_av = dft.magmoms()
+            magmom = float(np.abs(mm_av[:, 2]).sum())
+        out["magnetic"] = bool(magmom > 0.1)
+        out["abs_magmom"] = magmom
+    (workdir / "result.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+@dataclass(kw_only=True)
+class PredictStartMaker(Maker):
+    """The model's density on the GPAW calculation's grid, rescaled to its valence electron count."""
+
+    name: str = "accel predict"
+    model: str = ""
+    inputset: str = "gpaw_pbe_static"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @job
+    def make(self, structure: Structure, uid: str = "") -> dict[str, Any]:
+        return run_predict(self, structure, uid=uid)
+
+
+def run_predict(maker: PredictStartMaker, structure: Structure, *, uid: str = "") -> dict[str, Any]:
+    import torch
+
+    from dftflow.gpaw.restart import GridConverter
+    from dftflow.ml.predict import load_model, predict_density
+
+    workdir = Path.cwd()
+    atoms, params, _ = _atoms_params(structure, maker.inputset, maker.overrides)
+    conv = GridConverter(atoms, params)
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    model, ckpt = load_model(maker.model)
+    t_load = time.perf_counter() - t0
+    result = predict_density(model, ckpt, structure, conv.grid, nelect=conv.nvalence)
+    np.save(workdir / "rho.npy", result["rho"].astype(np.float64))
+    out = {"uid": uid, "rho": str(workdir / "rho.npy"), "diff": None, "grid": list(conv.grid),
+           "seconds": round(result["seconds"], 3), "load_s": round(t_load, 3), "nelect": conv.nvalence,
+           "electrons_predicted": result["electrons_predicted"], "scale": result["scale"],
+           "model": str(Path(maker.model).resolve()), "model_step": ckpt.get("step"),
+           "saed": (ckpt.get("saed") or {}).get("source") if isinstance(ckpt.get("saed"), dict) else None}
+    if result["diff"] is not None:
+        np.save(workdir / "diff.npy", result["diff"].astype(np.float64))
+        out["diff"] = str(workdir / "diff.npy")
+    (workdir / "result.json").write_text(json.dumps(out, indent=2))
+    return out
