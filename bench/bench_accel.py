@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--dataset", type=Path)
     ap.add_argument("--split", type=Path)
+    ap.add_argument("--seen", action="store_true", help="also the split's training materials (seen by the model)")
     ap.add_argument("--out", type=Path, default=Path("accel-bench"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--nfixed", type=int, default=3)
@@ -73,6 +74,9 @@ def main() -> None:
     materials = unseen()
     if args.dataset and args.split:
         materials += dataset_materials(args.dataset, args.split, "pbe-id", "test")
+        if args.seen:
+            materials += [(f"seen:{uid}", s) for uid, s in dataset_materials(args.dataset, args.split, "pbe-id",
+                                                                           "train")]
     arms = tuple(args.arms.split(","))
     report = accel_eval(args.out.resolve(), materials, model=args.model, arms=arms, overrides=overrides,
                         nfixed=args.nfixed, workers=args.workers)
@@ -83,6 +87,14 @@ def main() -> None:
         cells = [f"{r.get('steps_' + k, '-')!s:>14s}" for k in keys]
         print(f"{r['uid']:24s} " + " ".join(cells) + f"  {str(r.get('metal')):>5s} {str(r.get('magnetic')):>8s}"
               f"  {r.get('inference_per_scf_iteration', float('nan')):8.2f}")
+    seen = [r for r in rows if r["uid"].startswith("seen:") and "ratio_oracle" in r]
+    if seen:
+        ordered = sum(r["steps_oracle"] < r.get("steps_ml_true_occ", 0) <= r["steps_default"] for r in seen)
+        print(f"\nseen materials: oracle < ml-true-occ <= default in {ordered} of {len(seen)}")
+        from dftflow.accel.report import summarize
+
+        report["summary"] = summarize([r for r in rows if not r["uid"].startswith("seen:")], arms)
+        report["summary_seen"] = summarize(seen, arms)
     summary = report["summary"]["all"]
     print(f"\n{summary['ratio_oracle']['n']} materials")
     for key in [f"ratio_{k}" for k in keys if k != "default"] + ["optimal_ratio", "end_to_end_ratio_ml",
