@@ -9,7 +9,7 @@ from pymatgen.core import Structure
 
 
 def gpaw_accel_flow(structure: Structure, uid: str, *, model: str, arms: tuple[str, ...], inputset: str,
-                    overrides: dict[str, Any] | None = None, nfixed: int = 3, occupancies: str = "refresh") -> Flow:
+                    overrides: dict[str, Any] | None = None, nfixed: int = 3, occupancies: str = "auto") -> Flow:
     """default → predict → the other arms (each from the default's converged density and the prediction)."""
     from dftflow.accel.gpaw import ARMS, GpawArmMaker, PredictStartMaker
 

@@ -6,8 +6,10 @@ density on the calculation's grid, rescaled to the valence electron count),
 then the restarts:
 
 * ``ml`` (deployable): predicted grid with occupancies that need no converged
-  calculation (``occupancies``: ``refresh``, the density matrices of the wave
-  functions converged in the predicted density's potential, or ``atomic``);
+  calculation (``occupancies``: ``predicted`` by the model's occupancy head,
+  ``refresh``, the density matrices of the wave functions converged in the
+  predicted density's potential, or ``atomic``; ``auto``: predicted when the
+  model has an occupancy head, else refresh);
 * ``ml-atomic-occ``: predicted grid with GPAW's atomic density matrices;
 * ``ml-true-occ`` (not deployable): predicted grid with the converged density
   matrices, the protocol behind published SCF savings;
@@ -70,7 +72,7 @@ class GpawArmMaker(Maker):
     inputset: str = "gpaw_pbe_static"
     overrides: dict[str, Any] = field(default_factory=dict)
     nfixed: int = 3
-    occupancies: str = "refresh"
+    occupancies: str = "auto"
 
     @job
     def make(self, structure: Structure, uid: str = "", reference: dict[str, Any] | None = None,
@@ -97,9 +99,18 @@ def _start(maker: GpawArmMaker, atoms: Any, params: dict[str, Any], reference: d
     diff = np.load(prediction["diff"]) if prediction.get("diff") else None
     if maker.arm == "ml-true-occ":
         return conv.state(rho, truth.D_asii, magnetization=diff), False, "converged"
-    if maker.arm == "ml-atomic-occ" or maker.occupancies == "atomic":
+    source = maker.occupancies
+    if source == "auto":
+        source = "predicted" if prediction.get("density_matrices") else "refresh"
+    if maker.arm == "ml-atomic-occ" or source == "atomic":
         return conv.state(rho, conv.atomic.D_asii, magnetization=diff), False, "atomic"
-    if maker.arm == "ml" and maker.occupancies == "refresh":
+    if maker.arm == "ml" and source == "predicted":
+        if not prediction.get("density_matrices"):
+            raise ValueError("occupancies 'predicted': the model has no occupancy head")
+        with np.load(prediction["density_matrices"]) as data:
+            total = [data[f"D_{a}"] for a in range(len(atoms))]
+        return conv.state(rho, conv.split_spins(total), magnetization=diff), False, "predicted"
+    if maker.arm == "ml" and source == "refresh":
         return conv.state(rho, conv.atomic.D_asii, magnetization=diff), True, "refresh"
     raise ValueError(f"unknown arm {maker.arm!r} or occupancies {maker.occupancies!r}")
 
@@ -179,10 +190,20 @@ def run_predict(maker: PredictStartMaker, structure: Structure, *, uid: str = ""
     t_load = time.perf_counter() - t0
     result = predict_density(model, ckpt, structure, conv.grid, nelect=conv.nvalence)
     np.save(workdir / "rho.npy", result["rho"].astype(np.float64))
+    occupancy_s = None
+    if model.occupancy_head is not None:
+        from dftflow.ml.predict import predict_occupancies
+
+        t1 = time.perf_counter()
+        matrices = predict_occupancies(model, structure)
+        occupancy_s = time.perf_counter() - t1
+        np.savez(workdir / "density_matrices.npz", **{f"D_{a}": D for a, D in enumerate(matrices)})
     out = {"uid": uid, "rho": str(workdir / "rho.npy"), "diff": None, "grid": list(conv.grid),
            "seconds": round(result["seconds"], 3), "load_s": round(t_load, 3), "nelect": conv.nvalence,
            "electrons_predicted": result["electrons_predicted"], "scale": result["scale"],
            "model": str(Path(maker.model).resolve()), "model_step": ckpt.get("step"),
+           "density_matrices": str(workdir / "density_matrices.npz") if occupancy_s is not None else None,
+           "occupancy_s": None if occupancy_s is None else round(occupancy_s, 4),
            "saed": (ckpt.get("saed") or {}).get("source") if isinstance(ckpt.get("saed"), dict) else None}
     if result["diff"] is not None:
         np.save(workdir / "diff.npy", result["diff"].astype(np.float64))

@@ -59,7 +59,7 @@ def collect(queue_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
 
 def accel_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path, engine: str = "gpaw",
                arms: tuple[str, ...], inputset: str | None = None, overrides: dict[str, Any] | None = None,
-               nfixed: int | None = None, occupancies: str = "refresh", workers: int = 1, figures: bool = True,
+               nfixed: int | None = None, occupancies: str = "auto", workers: int = 1, figures: bool = True,
                profile: str | None = None, dry_run: bool = False,
                on_tick: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
     """Run (or continue) the evaluation in ``out`` and write its report.
@@ -79,8 +79,8 @@ def accel_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path
         raise InputError("--engine vasp needs --profile (a cluster profile with a slurm scheduler)")
     if not model.exists():
         raise InputError(f"{model}: no such checkpoint")
-    if occupancies not in ("refresh", "atomic"):
-        raise InputError(f"--occupancies {occupancies!r}: refresh or atomic")
+    if occupancies not in ("auto", "predicted", "refresh", "atomic"):
+        raise InputError(f"--occupancies {occupancies!r}: auto, predicted, refresh or atomic")
     if "default" not in arms:
         arms = ("default", *arms)
     inputset = inputset or ("gpaw_pbe_static" if engine == "gpaw" else "ecd-pbe-static")

@@ -65,7 +65,10 @@ def outcar_meta(path: Path) -> dict[str, Any]:
 
 
 def from_directory(root: Path) -> Iterator[HarvestItem]:
-    """CHGCAR files below ``root``; the id is the file's directory relative to ``root``."""
+    """CHGCAR files below ``root``; the id is the file's directory relative to ``root``.
+
+    A ``density.npz`` beside a CHGCAR (a dftflow GPAW run directory) adds its PAW density matrices.
+    """
     root = Path(root)
     for chgcar in sorted(p for p in root.rglob("CHGCAR*") if p.is_file() and
                          re.fullmatch(r"CHGCAR(\.gz|\.bz2)?", p.name)):
@@ -74,7 +77,9 @@ def from_directory(root: Path) -> Iterator[HarvestItem]:
                        if (chgcar.parent / n).is_file()), None)
         yield HarvestItem(safe_id(f"{root.name}/{rel}" if rel != "." else root.name), str(chgcar),
                           {"provenance": {"source": "directory", "path": str(chgcar)}},
-                          outcar=str(outcar) if outcar else None)
+                          outcar=str(outcar) if outcar else None,
+                          density_npz=str(chgcar.parent / "density.npz") if (chgcar.parent / "density.npz").is_file()
+                          else None)
 
 
 def from_project(project_root: Path) -> Iterator[HarvestItem]:

@@ -44,7 +44,8 @@ class ProbeDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: Path | str, ids: Sequence[str] | None = None, *, n_probes: int | None = 200,
-                 seed: int = 0, spin: bool = False, dtype: torch.dtype = torch.float32) -> None:
+                 seed: int = 0, spin: bool = False, dtype: torch.dtype = torch.float32,
+                 occupancies: bool = False) -> None:
         self.root = Path(root)
         self.store = Dataset(self.root)
         known = set(self.store.ids())
@@ -56,6 +57,7 @@ class ProbeDataset(torch.utils.data.Dataset):
             raise InputError(f"{self.root}: {len(missing)} requested material(s) are not in the dataset, "
                              f"e.g. {missing[0]!r}")
         self.n_probes, self.seed, self.spin, self.dtype = n_probes, seed, spin, dtype
+        self.occupancies = occupancies
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -90,7 +92,20 @@ class ProbeDataset(torch.utils.data.Dataset):
             diff = (self.store.grid(mid, "diff")[()].reshape(-1)[flat] if "diff" in head["has"]
                     else np.zeros(len(flat), dtype=np.float32))
             item["spin_density"] = torch.as_tensor(diff, dtype=self.dtype)
+        if self.occupancies:
+            item["density_matrices"] = self.density_matrices(mid)
         return item
+
+    def density_matrices(self, material_id: str) -> list[np.ndarray]:
+        """The spin-summed PAW density matrices of every atom (GPAW materials)."""
+        group = self.store._group(material_id)
+        if "paw_density_matrices" not in group:
+            from dftflow.errors import InputError
+
+            raise InputError(f"{self.root}: material {material_id} has no PAW density matrices "
+                             "(occupancy targets come from GPAW runs)")
+        d = group["paw_density_matrices"]
+        return [np.asarray(d[str(i)][()]).sum(axis=0) for i in range(len(d))]
 
 
 def collate_probes(items: list[dict[str, Any]]) -> dict[str, Any]:

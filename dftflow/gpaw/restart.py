@@ -94,6 +94,13 @@ class GridConverter:
         self.nspins = self.density.nt_sR.data.shape[0]
         self.nvalence = float(self.density.nvalence - self.density.charge)
 
+    def split_spins(self, total: list[np.ndarray]) -> list[np.ndarray]:
+        """Per-spin density matrices from spin-summed ones, with the atomic guess's spin polarisation."""
+        if self.nspins == 1:
+            return [np.asarray(D)[None] for D in total]
+        return [np.stack([(D + (A[0] - A[1])) / 2, (D - (A[0] - A[1])) / 2])
+                for D, A in zip(total, self.atomic.D_asii, strict=True)]
+
     def total(self, state: DensityState) -> np.ndarray:
         """ρ per spin (e/Å³, pseudo density plus compensation charges) of a GPAW density."""
         from ase.units import Bohr

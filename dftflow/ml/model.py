@@ -51,6 +51,8 @@ class ModelConfig(StrictModel):
     num_basis: int = Field(default=20, gt=0, description="Gaussians of the radial basis")
     radial_neurons: int = Field(default=100, gt=0)
     spin: bool = False
+    occupancy: dict[str, list[int]] | None = Field(
+        default=None, description="per atomic number: the projectors' l_j of its PAW setup; adds the occupancy head")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -149,6 +151,59 @@ def _gate(irreps_in: o3.Irreps, irreps_edge: o3.Irreps, hidden: o3.Irreps) -> Ga
                 gates, [act_gate[ir.p] for _, ir in gates], gated)
 
 
+class OccupancyHead(nn.Module):
+    """Per-atom PAW occupancies (spin-summed GPAW density matrices) as irreps, from the atoms' features.
+
+    A linear path and a tensor product of the features with themselves (which
+    reaches L up to twice the features' lmax) give the union of every species'
+    irreps; each species then reads its own layout (:class:`dftflow.ml.occupancy.OccupancyLayout`).
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, layouts: dict[str, list[int]], mul: int = 8) -> None:
+        super().__init__()
+        from collections import Counter
+
+        from dftflow.ml.occupancy import OccupancyLayout
+
+        self.layouts = {int(z): OccupancyLayout(tuple(lj)) for z, lj in layouts.items()}
+        need: Counter = Counter()
+        for layout in self.layouts.values():
+            for key, n in Counter((ir.l, ir.p) for _, ir in layout.irreps).items():
+                need[key] = max(need[key], n)
+        self.irreps_out = o3.Irreps([(need[key], key) for key in sorted(need, key=lambda k: (k[0], -k[1]))])
+        small = o3.Irreps([(mul, ir) for _, ir in irreps_in.simplify()])
+        self.pre = o3.Linear(irreps_in, small)
+        self.tp = o3.FullyConnectedTensorProduct(small, small, self.irreps_out)
+        self.linear = o3.Linear(irreps_in, self.irreps_out)
+        starts = {(ir.l, ir.p): sl.start for sl, (_, ir) in zip(self.irreps_out.slices(), self.irreps_out, strict=True)}
+        for z, layout in self.layouts.items():
+            seen: Counter = Counter()
+            index = []
+            for _, ir in layout.irreps:
+                k = seen[(ir.l, ir.p)]
+                seen[(ir.l, ir.p)] += 1
+                begin = starts[(ir.l, ir.p)] + k * ir.dim
+                index.extend(range(begin, begin + ir.dim))
+            self.register_buffer(f"index_{z}", torch.as_tensor(index, dtype=torch.long), persistent=False)
+
+    def index(self, z: int) -> torch.Tensor:
+        return getattr(self, f"index_{z}")
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(n_atoms, irreps_out.dim): every atom's coefficients in the union layout."""
+        x = self.pre(features)
+        return self.linear(features) + self.tp(x, x)
+
+    def mask(self, numbers: torch.Tensor) -> torch.Tensor:
+        """(n_atoms, irreps_out.dim) bool: the coefficients that belong to each atom's species."""
+        out = torch.zeros(len(numbers), self.irreps_out.dim, dtype=torch.bool, device=numbers.device)
+        for z in self.layouts:
+            rows = (numbers == z).nonzero().flatten()
+            if len(rows):
+                out[rows[:, None], self.index(z)[None, :]] = True
+        return out
+
+
 class ChargE3Net(nn.Module):
     """Atoms → equivariant features; probes ← one-way messages; density at the probes (e/Å³)."""
 
@@ -177,6 +232,7 @@ class ChargE3Net(nn.Module):
             self.probe_gates.append(pgate)
             atom_irreps, probe_irreps = new_atom_irreps, pgate.irreps_out
         self.readout = o3.Linear(probe_irreps, "0e + 0e" if c.spin else "0e")
+        self.occupancy_head = OccupancyHead(atom_irreps, c.occupancy) if c.occupancy else None
 
     # -- geometry ---------------------------------------------------------------------------------
     @staticmethod
@@ -217,5 +273,13 @@ class ChargE3Net(nn.Module):
         out = self.readout(p)
         return out if self.config.spin else out[:, 0]
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.probe_density(batch, self.atom_features(batch))
+    def occupancies(self, atoms: list[torch.Tensor]) -> torch.Tensor:
+        """Occupancy irreps of every atom (union layout, see :class:`OccupancyHead`) from the last atom layer."""
+        if self.occupancy_head is None:
+            raise ValueError("this model has no occupancy head (model.occupancy is not set)")
+        return self.occupancy_head(atoms[-1])
+
+    def forward(self, batch: dict[str, torch.Tensor], with_occupancies: bool = False) -> Any:
+        atoms = self.atom_features(batch)
+        density = self.probe_density(batch, atoms)
+        return (density, self.occupancies(atoms)) if with_occupancies else density

@@ -100,6 +100,24 @@ def predict_density(model: ChargE3Net, ckpt: dict[str, Any], structure: Any, gri
             "electrons_predicted": electrons, "scale": factor, "seconds": time.perf_counter() - t0}
 
 
+def predict_occupancies(model: ChargE3Net, structure: Any, *, dtype: torch.dtype = torch.float32) -> list[np.ndarray]:
+    """Spin-summed PAW density matrices (GPAW's basis, one (ni, ni) array per atom) from the occupancy head."""
+    if model.occupancy_head is None:
+        raise ValueError("this model predicts no occupancies (it was trained without occupancy_weight)")
+    head = model.occupancy_head
+    numbers = [site.specie.Z for site in structure]
+    missing = sorted({z for z in numbers if z not in head.layouts})
+    if missing:
+        from dftflow.errors import InputError
+
+        raise InputError(f"the occupancy head has no layout for Z={missing} (not in its training data)")
+    batch = make_batch([{"cell": structure.lattice.matrix, "positions": structure.cart_coords, "numbers": numbers}],
+                       model.config.cutoff, dtype=dtype)
+    with torch.no_grad():
+        occ = model.occupancies(model.atom_features(batch)).double().numpy()
+    return [head.layouts[z].from_irreps(occ[a, head.index(z).numpy()]) for a, z in enumerate(numbers)]
+
+
 def rescale(rho: np.ndarray, volume: float, nelect: float) -> tuple[np.ndarray, float]:
     """Scale ρ so that it integrates to ``nelect``; returns the grid and the factor applied."""
     electrons = float(np.sum(rho, dtype=np.float64) * volume / rho.size)

@@ -67,6 +67,9 @@ class TrainConfig(StrictModel):
     delta_saed: bool = Field(default=False, description="learn rho - rho_SAED (fitted atomic densities)")
     saed_probes: int = Field(default=4000, gt=0, description="points per training structure for the SAED fit")
     dtype: str = "float32"
+    occupancy_weight: float = Field(default=0.0, ge=0,
+                                    description="> 0: also learn the PAW occupancies (GPAW density matrices)")
+    freeze_density: bool = Field(default=False, description="train only the occupancy head (with init_from)")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -129,12 +132,39 @@ def _ids(cfg: TrainConfig, phase: str) -> list[str]:
     return sets[key]
 
 
+def occupancy_layouts(dataset: str | Path, ids: list[str]) -> dict[str, list[int]]:
+    """Per atomic number in these materials: the projectors' l_j of its GPAW setup (the head's layouts)."""
+    from pymatgen.core import Element
+
+    from dftflow.dataset.store import Dataset
+    from dftflow.ml.occupancy import gpaw_projector_l
+
+    ds = Dataset(dataset)
+    try:
+        numbers = sorted({int(z) for mid in ids for z in ds.header(mid)["numbers"]})
+    finally:
+        ds.close()
+    symbols = [Element.from_Z(z).symbol for z in numbers]
+    return {str(z): list(lj) for z, lj in zip(numbers, gpaw_projector_l(symbols).values(), strict=True)}
+
+
 def build_model(settings: ModelConfig | dict[str, Any]) -> ChargE3Net:
     return ChargE3Net(settings if isinstance(settings, ModelConfig) else ModelConfig(**settings))
 
 
+def occupancy_targets(numbers: np.ndarray, matrices: list[np.ndarray], head: Any) -> tuple[torch.Tensor, ...]:
+    """Irreps of the density matrices in the head's union layout, and the mask of each atom's entries."""
+    target = np.zeros((len(numbers), head.irreps_out.dim))
+    for a, (z, D) in enumerate(zip(numbers, matrices, strict=True)):
+        layout = head.layouts.get(int(z))
+        if layout is None:
+            raise ConfigError(f"the occupancy head has no layout for Z={int(z)}")
+        target[a, head.index(int(z)).numpy()] = layout.to_irreps(D)
+    return torch.as_tensor(target), head.mask(torch.as_tensor(np.asarray(numbers)))
+
+
 def graph_batch(items: list[dict[str, Any]], cutoff: float, dtype: torch.dtype,
-                saed: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+                saed: dict[str, Any] | None = None, head: Any = None) -> dict[str, torch.Tensor]:
     """Loader items (structure + probes) → model batch with target densities (minus the SAED, if any)."""
     systems = [{"cell": it["cell"].double().numpy(), "positions": it["positions"].double().numpy(),
                 "numbers": it["numbers"].numpy(), "probe_positions": it["probe_positions"].double().numpy()}
@@ -152,6 +182,10 @@ def graph_batch(items: list[dict[str, Any]], cutoff: float, dtype: torch.dtype,
     if "spin_density" in items[0]:
         batch["target_spin"] = torch.cat([it["spin_density"] for it in items]).to(dtype)
     batch["n_probes"] = torch.as_tensor([len(it["density"]) for it in items])
+    if head is not None and "density_matrices" in items[0]:
+        target, mask = occupancy_targets(np.concatenate([it["numbers"].numpy() for it in items]),
+                                         [D for it in items for D in it["density_matrices"]], head)
+        batch["target_occupancy"], batch["occupancy_mask"] = target.to(dtype), mask
     return batch
 
 
@@ -163,11 +197,46 @@ def epsilon_mae(pred: torch.Tensor, target: torch.Tensor, counts: torch.Tensor) 
     return out
 
 
-def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spin: bool) -> torch.Tensor:
-    pred = model(batch)
+def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spin: bool,
+          occupancy_weight: float = 0.0, density: bool = True) -> torch.Tensor:
+    if not density:  # the density part is frozen: only the occupancy head learns, no probes needed
+        raw = model.module if hasattr(model, "module") else model
+        occ = raw.occupancies(raw.atom_features(batch))
+        mask = batch["occupancy_mask"]
+        return ((occ - batch["target_occupancy"]).abs() * mask).sum() / mask.sum().clamp(min=1)
+    if occupancy_weight:
+        pred, occ = model(batch, with_occupancies=True)
+        mask = batch["occupancy_mask"]
+        occ_loss = ((occ - batch["target_occupancy"]).abs() * mask).sum() / mask.sum().clamp(min=1)
+    else:
+        pred, occ_loss = model(batch), 0.0
     if spin:
-        return (pred[:, 0] - batch["target"]).abs().mean() + (pred[:, 1] - batch["target_spin"]).abs().mean()
-    return (pred - batch["target"]).abs().mean()
+        density = (pred[:, 0] - batch["target"]).abs().mean() + (pred[:, 1] - batch["target_spin"]).abs().mean()
+    else:
+        density = (pred - batch["target"]).abs().mean()
+    return density + occupancy_weight * occ_loss
+
+
+def occupancy_errors(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: torch.dtype) -> dict[str, float]:
+    """Mean absolute error of the predicted density-matrix entries, per element, over ``dataset``."""
+    from collections import defaultdict
+
+    from pymatgen.core import Element
+
+    head = model.occupancy_head
+    errors: dict[str, list[float]] = defaultdict(list)
+    model.eval()
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            item = dataset[i]
+            batch = graph_batch([item], cfg.model.cutoff, dtype, None, head)
+            occ = model.occupancies(model.atom_features(batch))
+            for a, z in enumerate(item["numbers"].tolist()):
+                layout = head.layouts[z]
+                D = layout.from_irreps(occ[a, head.index(z)].double().numpy())
+                errors[Element.from_Z(z).symbol].append(float(np.abs(D - item["density_matrices"][a]).mean()))
+    model.train()
+    return {el: float(np.mean(v)) for el, v in sorted(errors.items())}
 
 
 def validate(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: torch.dtype,
@@ -235,11 +304,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     val_set = ProbeDataset(cfg.data.dataset, val_ids, n_probes=cfg.data.val_probes or None, seed=cfg.seed + 1)
     if len(train_set) == 0:
         raise ConfigError("the training set is empty")
+    if cfg.occupancy_weight > 0 and not cfg.model.occupancy:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
+            "occupancy": occupancy_layouts(cfg.data.dataset, train_set.ids + val_ids)})})
+    train_set.occupancies = val_set.occupancies = cfg.occupancy_weight > 0
+    if cfg.freeze_density and not (cfg.init_from and cfg.occupancy_weight > 0):
+        raise ConfigError("freeze_density trains only the occupancy head: it needs init_from and occupancy_weight > 0")
     model = build_model(cfg.model).to(dtype)
     saed = None
     if cfg.init_from:
         ckpt = load_checkpoint(cfg.init_from)
-        model.load_state_dict(ckpt["model"])
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        if unexpected or any(not k.startswith("occupancy_head.") for k in missing):
+            raise ConfigError(f"{cfg.init_from}: its model does not match model: (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
         saed = ckpt.get("saed")  # fine-tuning keeps the baseline the model learnt against
     if cfg.delta_saed and saed is None:
         from dftflow.ml.saed import fit_saed
@@ -250,7 +328,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     elif not cfg.delta_saed:
         saed = None
     extra = {"saed": saed}
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    if cfg.freeze_density:
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith("occupancy_head.")
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                   lambda step: 0.96 ** (step / cfg.optim.decay_steps))
     state = TrainState()
@@ -285,8 +366,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         step = state.step
         train_set.set_epoch(step)
         mine = sampler.indices(step)[rank::world]
-        batch = graph_batch([train_set[i] for i in mine], cfg.model.cutoff, dtype, saed)
-        loss = _loss(ddp_model, batch, cfg.model.spin)
+        batch = graph_batch([train_set[i] for i in mine], cfg.model.cutoff, dtype, saed, model.occupancy_head)
+        loss = _loss(ddp_model, batch, cfg.model.spin, cfg.occupancy_weight, density=not cfg.freeze_density)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip:
@@ -321,6 +402,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     summary = {"steps": state.step, "final_loss": state.history[-1]["loss"] if state.history else None,
                "best_val_eps_mae": None if math.isinf(state.best_val) else state.best_val, "out": str(out),
                "saed_fit_eps_mae": saed["fit_eps_mae"] if saed else None}
+    if cfg.occupancy_weight > 0 and rank == 0:
+        summary["occupancy_mae"] = occupancy_errors(model, val_set if len(val_set) else train_set, cfg, dtype)
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
