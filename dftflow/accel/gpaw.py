@@ -8,8 +8,9 @@ then the restarts:
 * ``ml`` (deployable): predicted grid with occupancies that need no converged
   calculation (``occupancies``: ``predicted`` by the model's occupancy head,
   ``refresh``, the density matrices of the wave functions converged in the
-  predicted density's potential, or ``atomic``; ``auto``: predicted when the
-  model has an occupancy head, else refresh);
+  predicted density's potential, ``predicted-refresh``, the refresh after fixed
+  steps in the potential with predicted occupancies, or ``atomic``; ``auto``:
+  predicted when the model has an occupancy head for every element, else refresh);
 * ``ml-atomic-occ``: predicted grid with GPAW's atomic density matrices;
 * ``ml-true-occ`` (not deployable): predicted grid with the converged density
   matrices, the protocol behind published SCF savings;
@@ -104,12 +105,14 @@ def _start(maker: GpawArmMaker, atoms: Any, params: dict[str, Any], reference: d
         source = "predicted" if prediction.get("density_matrices") else "refresh"
     if maker.arm == "ml-atomic-occ" or source == "atomic":
         return conv.state(rho, conv.atomic.D_asii, magnetization=diff), False, "atomic"
-    if maker.arm == "ml" and source == "predicted":
+    if maker.arm == "ml" and source in ("predicted", "predicted-refresh"):
         if not prediction.get("density_matrices"):
-            raise ValueError("occupancies 'predicted': the model has no occupancy head")
+            raise ValueError(f"occupancies {source!r}: no predicted density matrices "
+                             f"({prediction.get('occupancy_note') or 'the model has no occupancy head'})")
         with np.load(prediction["density_matrices"]) as data:
             total = [data[f"D_{a}"] for a in range(len(atoms))]
-        return conv.state(rho, conv.split_spins(total), magnetization=diff), False, "predicted"
+        start = conv.state(rho, conv.split_spins(total), magnetization=diff)
+        return start, source == "predicted-refresh", source
     if maker.arm == "ml" and source == "refresh":
         return conv.state(rho, conv.atomic.D_asii, magnetization=diff), True, "refresh"
     raise ValueError(f"unknown arm {maker.arm!r} or occupancies {maker.occupancies!r}")
@@ -190,20 +193,25 @@ def run_predict(maker: PredictStartMaker, structure: Structure, *, uid: str = ""
     t_load = time.perf_counter() - t0
     result = predict_density(model, ckpt, structure, conv.grid, nelect=conv.nvalence)
     np.save(workdir / "rho.npy", result["rho"].astype(np.float64))
-    occupancy_s = None
+    occupancy_s, occupancy_note = None, None
     if model.occupancy_head is not None:
+        from dftflow.errors import InputError
         from dftflow.ml.predict import predict_occupancies
 
         t1 = time.perf_counter()
-        matrices = predict_occupancies(model, structure)
-        occupancy_s = time.perf_counter() - t1
-        np.savez(workdir / "density_matrices.npz", **{f"D_{a}": D for a, D in enumerate(matrices)})
+        try:
+            matrices = predict_occupancies(model, structure)
+        except InputError as exc:  # an element the head never saw: the ML arm falls back (see _start)
+            occupancy_note = str(exc)
+        else:
+            occupancy_s = time.perf_counter() - t1
+            np.savez(workdir / "density_matrices.npz", **{f"D_{a}": D for a, D in enumerate(matrices)})
     out = {"uid": uid, "rho": str(workdir / "rho.npy"), "diff": None, "grid": list(conv.grid),
            "seconds": round(result["seconds"], 3), "load_s": round(t_load, 3), "nelect": conv.nvalence,
            "electrons_predicted": result["electrons_predicted"], "scale": result["scale"],
            "model": str(Path(maker.model).resolve()), "model_step": ckpt.get("step"),
            "density_matrices": str(workdir / "density_matrices.npz") if occupancy_s is not None else None,
-           "occupancy_s": None if occupancy_s is None else round(occupancy_s, 4),
+           "occupancy_s": None if occupancy_s is None else round(occupancy_s, 4), "occupancy_note": occupancy_note,
            "saed": (ckpt.get("saed") or {}).get("source") if isinstance(ckpt.get("saed"), dict) else None}
     if result["diff"] is not None:
         np.save(workdir / "diff.npy", result["diff"].astype(np.float64))

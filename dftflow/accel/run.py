@@ -79,8 +79,8 @@ def accel_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path
         raise InputError("--engine vasp needs --profile (a cluster profile with a slurm scheduler)")
     if not model.exists():
         raise InputError(f"{model}: no such checkpoint")
-    if occupancies not in ("auto", "predicted", "refresh", "atomic"):
-        raise InputError(f"--occupancies {occupancies!r}: auto, predicted, refresh or atomic")
+    if occupancies not in ("auto", "predicted", "predicted-refresh", "refresh", "atomic"):
+        raise InputError(f"--occupancies {occupancies!r}: auto, predicted, predicted-refresh, refresh or atomic")
     if "default" not in arms:
         arms = ("default", *arms)
     inputset = inputset or ("gpaw_pbe_static" if engine == "gpaw" else "ecd-pbe-static")

@@ -146,7 +146,7 @@ class AccelSettings(StrictModel):
     subset: Literal["train", "val", "test"] = "test"
     arms: list[str] = Field(default_factory=lambda: ["default", "ml", "ml-true-occ", "oracle"])
     nfixed: int = Field(default=3, ge=0)
-    occupancies: Literal["auto", "predicted", "refresh", "atomic"] = "auto"
+    occupancies: Literal["auto", "predicted", "predicted-refresh", "refresh", "atomic"] = "auto"
     out: str = Field(default="accel", description="evaluation directory, relative to the project")
 
 

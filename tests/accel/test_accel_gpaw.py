@@ -69,9 +69,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
         "data": {"dataset": str(root / "ds"), "train_ids": ["src|Si"], "val_ids": ["src|Si"], "n_probes": 300,
                  "batch_size": 1, "val_probes": 3000},
         "optim": {"lr": 0.02, "decay_steps": 40, "max_steps": 500, "val_every": 100, "checkpoint_every": 500},
-        "delta_saed": True, "saed_probes": 6000, "out": str(root / "fit")})
+        "delta_saed": True, "saed_probes": 6000, "occupancy_weight": 1.0, "out": str(root / "fit")})
     summary = train(cfg)
-    assert summary["best_val_eps_mae"] < 0.03
+    assert summary["best_val_eps_mae"] < 0.03 and summary["occupancy_mae"]["Si"] < 0.01
     return root / "fit" / "checkpoint_best.pt", root / "Si.vasp"
 
 
@@ -102,13 +102,19 @@ def test_arms_on_a_trained_material_order_as_expected(trained, tmp_path: Path) -
         if arm != "default":
             assert row[f"energy_diff_{arm.replace('-', '_')}"] < 1e-4
     # the counts equal those of GPAW's own log, fixed-density steps the same in every arm
+    sources = {}
     for arm_dir in (out / "calcs" / "Si").iterdir():
         arm_result = json.loads((arm_dir / "result.json").read_text())
         if "arm" not in arm_result:
+            assert arm_result["density_matrices"] and arm_result["occupancy_s"] < arm_result["seconds"]
             continue
+        sources[arm_result["arm"]] = arm_result["occupancies"]
         logged = gpaw_log_steps(arm_dir / "gpaw.txt")
         assert logged.fixed == arm_result["n_fixed"] == 3
         assert logged.scf == [arm_result["n_scf"]]
+    # the model has an occupancy head: the deployable arm starts from its predicted density matrices
+    assert sources == {"default": "atomic", "ml": "predicted", "ml-atomic-occ": "atomic",
+                       "ml-true-occ": "converged", "oracle": "converged"}
     assert (out / "accel.csv").read_text().count("\n") == 2
     assert {Path(p).name for p in report["figures"]} == {"steps_per_material.png", "ratio_distribution.png"}
     assert report["settings"]["versions"]["gpaw"].startswith("26.")
