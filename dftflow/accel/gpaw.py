@@ -10,7 +10,7 @@ then the restarts:
   ``refresh``, the density matrices of the wave functions converged in the
   predicted density's potential, ``predicted-refresh``, the refresh after fixed
   steps in the potential with predicted occupancies, or ``atomic``; ``auto``:
-  predicted when the model has an occupancy head for every element, else refresh);
+  refresh, the best measured so far);
 * ``ml-atomic-occ``: predicted grid with GPAW's atomic density matrices;
 * ``ml-true-occ`` (not deployable): predicted grid with the converged density
   matrices, the protocol behind published SCF savings;
@@ -101,8 +101,8 @@ def _start(maker: GpawArmMaker, atoms: Any, params: dict[str, Any], reference: d
     if maker.arm == "ml-true-occ":
         return conv.state(rho, truth.D_asii, magnetization=diff), False, "converged"
     source = maker.occupancies
-    if source == "auto":
-        source = "predicted" if prediction.get("density_matrices") else "refresh"
+    if source == "auto":  # the best measured deployable source so far (docs/accel.md)
+        source = "refresh"
     if maker.arm == "ml-atomic-occ" or source == "atomic":
         return conv.state(rho, conv.atomic.D_asii, magnetization=diff), False, "atomic"
     if maker.arm == "ml" and source in ("predicted", "predicted-refresh"):

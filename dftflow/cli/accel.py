@@ -43,7 +43,7 @@ def accel_eval(
                                                             "(default: 3 with GPAW, NELMDL = -5 with VASP).")] = None,
     occupancies: Annotated[str, typer.Option(help="Occupancy source of the deployable ML arm: predicted (the "
                                                   "model's occupancy head), predicted-refresh, refresh, atomic, "
-                                                  "or auto (predicted if the model has the head).")] = "auto",
+                                                  "or auto (refresh, the best measured so far).")] = "auto",
     workers: WorkersOpt = None,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write PNG figures.")] = True,
     dry_run: Annotated[bool, typer.Option(help="VASP: write the launch scripts, do not sbatch.")] = False,
