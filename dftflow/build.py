@@ -78,11 +78,11 @@ def _train_stage(recipe: Recipe, project: Project, progress: Any) -> dict[str, A
     cfg = load_config(cfg_t.config, {**cfg_t.overrides, "data.dataset": str(dataset), "data.split": str(split),
                                      "data.task": "pbe-id", "out": str(out)})
     last = out / "checkpoint_last.pt"
-    if last.exists() and load_checkpoint(last)["state"]["step"] >= cfg.optim.max_steps:
-        ckpt = load_checkpoint(last)
+    ckpt = load_checkpoint(last) if last.exists() else None
+    if ckpt is not None and ckpt["state"]["step"] >= cfg.optim.max_steps:
         return {"model": str(out / "checkpoint_best.pt"), "steps": ckpt["state"]["step"],
                 "best_val_eps_mae": ckpt["state"]["best_val"], "already_trained": True}
-    summary = train(cfg, resume=last.exists(), progress=progress)
+    summary = train(cfg, resume=ckpt is not None, progress=progress)
     return {"model": str(out / "checkpoint_best.pt"), "split": str(split), **{
         k: summary[k] for k in ("best_val_eps_mae", "final_loss", "saed_fit_eps_mae", "steps") if k in summary}}
 

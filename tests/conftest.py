@@ -30,21 +30,29 @@ def shared() -> Path:
 
 
 @pytest.fixture(scope="session")
-def si_checkpoint(shared: Path, tmp_path_factory) -> Path:
-    """A (barely trained) ChargE3Net checkpoint from the real VASP Si density: for plumbing tests."""
+def si_vasp_dataset(shared: Path, tmp_path_factory) -> Path:
+    """The real VASP Si CHGCAR of the fixtures harvested into a dataset (material ``src|Si``); read-only."""
     import shutil
 
     from dftflow.dataset.harvest import from_directory, harvest
-    from dftflow.ml.train import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("si-ckpt")
+    root = tmp_path_factory.mktemp("si-ds")
     (root / "src" / "Si").mkdir(parents=True)
     shutil.copy(shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz",
                 root / "src" / "Si" / "CHGCAR.gz")
-    harvest(list(from_directory(root / "src")), root / "ds")
+    assert harvest(list(from_directory(root / "src")), root / "ds")["stored"] == 1
+    return root / "ds"
+
+
+@pytest.fixture(scope="session")
+def si_checkpoint(si_vasp_dataset: Path, tmp_path_factory) -> Path:
+    """A (barely trained) ChargE3Net checkpoint from the real VASP Si density: for plumbing tests."""
+    from dftflow.ml.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("si-ckpt")
     train(TrainConfig.model_validate({
         "model": {"num_interactions": 1, "mul": 8, "lmax": 1, "num_basis": 6, "radial_neurons": 8},
-        "data": {"dataset": str(root / "ds"), "train_ids": ["src|Si"], "val_ids": ["src|Si"], "n_probes": 32,
+        "data": {"dataset": str(si_vasp_dataset), "train_ids": ["src|Si"], "val_ids": ["src|Si"], "n_probes": 32,
                  "batch_size": 1, "val_probes": 200},
         "optim": {"max_steps": 2, "val_every": 2, "checkpoint_every": 2},
         "delta_saed": True, "saed_probes": 2000, "out": str(root / "fit")}))

@@ -40,7 +40,6 @@ ARMS: dict[str, dict[str, Any]] = {
     "ml-true-occ": {"deployable": False, "label": "ML grid + true occupancies (not deployable)"},
     "oracle": {"deployable": False, "label": "converged density (floor)"},
 }
-DEFAULT_ARMS = ("default", "ml", "ml-true-occ", "oracle")
 
 
 def _atoms_params(structure: Structure, inputset: str, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:

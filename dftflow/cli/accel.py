@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dftflow.accel import DEFAULT_ARMS
 from dftflow.cli.common import JsonOpt, RichProgress, WorkersOpt, console, print_json, read_structure, structure_name
 from dftflow.errors import InputError
 
@@ -33,7 +34,7 @@ def accel_eval(
     task: Annotated[str, typer.Option(help="... task ...")] = "pbe-id",
     subset: Annotated[str, typer.Option(help="... and subset (train, val, test).")] = "test",
     arms: Annotated[str, typer.Option(help="Comma-separated arms: default, ml, ml-atomic-occ, ml-true-occ, "
-                                           "oracle.")] = "default,ml,ml-true-occ,oracle",
+                                           "oracle.")] = ",".join(DEFAULT_ARMS),
     inputset: Annotated[str | None, typer.Option(help="Input set of every arm (default: gpaw_pbe_static or "
                                                       "ecd-pbe-static).")] = None,
     profile: Annotated[str | None, typer.Option(help="Cluster profile for --engine vasp (SLURM).")] = None,

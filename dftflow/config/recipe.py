@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from dftflow.accel import DEFAULT_ARMS
 from dftflow.config.base import StrictModel, load_yaml_model
 from dftflow.resources import resolve
 
@@ -144,7 +145,7 @@ class AccelSettings(StrictModel):
     """accel-eval of the trained model on the held-back (test) materials, with the DFT stage's settings."""
 
     subset: Literal["train", "val", "test"] = "test"
-    arms: list[str] = Field(default_factory=lambda: ["default", "ml", "ml-true-occ", "oracle"])
+    arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
     nfixed: int = Field(default=3, ge=0)
     occupancies: Literal["auto", "predicted", "predicted-refresh", "refresh", "atomic"] = "auto"
     out: str = Field(default="accel", description="evaluation directory, relative to the project")

@@ -164,14 +164,18 @@ def occupancy_targets(numbers: np.ndarray, matrices: list[np.ndarray], head: Any
 
 
 def graph_batch(items: list[dict[str, Any]], cutoff: float, dtype: torch.dtype,
-                saed: dict[str, Any] | None = None, head: Any = None) -> dict[str, torch.Tensor]:
-    """Loader items (structure + probes) → model batch with target densities (minus the SAED, if any)."""
+                saed: dict[str, Any] | None = None, head: Any = None, probes: bool = True) -> dict[str, torch.Tensor]:
+    """Loader items (structure + probes) → model batch with target densities (minus the SAED, if any).
+
+    ``head``: add the occupancy targets of that head; ``probes=False``: atoms only (head-only training).
+    """
     systems = [{"cell": it["cell"].double().numpy(), "positions": it["positions"].double().numpy(),
-                "numbers": it["numbers"].numpy(), "probe_positions": it["probe_positions"].double().numpy()}
+                "numbers": it["numbers"].numpy(),
+                **({"probe_positions": it["probe_positions"].double().numpy()} if probes else {})}
                for it in items]
     batch = make_batch(systems, cutoff, dtype=dtype)
     target = torch.cat([it["density"] for it in items]).to(dtype)
-    if saed:
+    if saed and probes:
         from dftflow.ml.saed import saed_at
 
         base = np.concatenate([saed_at(s["probe_positions"], s["cell"], s["positions"], s["numbers"], saed)
@@ -197,24 +201,27 @@ def epsilon_mae(pred: torch.Tensor, target: torch.Tensor, counts: torch.Tensor) 
     return out
 
 
+def _occupancy_loss(occ: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean |error| over the irreps entries that belong to each atom's species."""
+    mask = batch["occupancy_mask"]
+    return ((occ - batch["target_occupancy"]).abs() * mask).sum() / mask.sum().clamp(min=1)
+
+
 def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spin: bool,
           occupancy_weight: float = 0.0, density: bool = True) -> torch.Tensor:
     if not density:  # the density part is frozen: only the occupancy head learns, no probes needed
         raw = model.module if hasattr(model, "module") else model
-        occ = raw.occupancies(raw.atom_features(batch))
-        mask = batch["occupancy_mask"]
-        return ((occ - batch["target_occupancy"]).abs() * mask).sum() / mask.sum().clamp(min=1)
+        return _occupancy_loss(raw.occupancies(raw.atom_features(batch)), batch)
     if occupancy_weight:
         pred, occ = model(batch, with_occupancies=True)
-        mask = batch["occupancy_mask"]
-        occ_loss = ((occ - batch["target_occupancy"]).abs() * mask).sum() / mask.sum().clamp(min=1)
+        occ_loss = _occupancy_loss(occ, batch)
     else:
         pred, occ_loss = model(batch), 0.0
     if spin:
-        density = (pred[:, 0] - batch["target"]).abs().mean() + (pred[:, 1] - batch["target_spin"]).abs().mean()
+        density_loss = (pred[:, 0] - batch["target"]).abs().mean() + (pred[:, 1] - batch["target_spin"]).abs().mean()
     else:
-        density = (pred - batch["target"]).abs().mean()
-    return density + occupancy_weight * occ_loss
+        density_loss = (pred - batch["target"]).abs().mean()
+    return density_loss + occupancy_weight * occ_loss
 
 
 def occupancy_errors(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: torch.dtype) -> dict[str, float]:
@@ -229,7 +236,7 @@ def occupancy_errors(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: t
     with torch.no_grad():
         for i in range(len(dataset)):
             item = dataset[i]
-            batch = graph_batch([item], cfg.model.cutoff, dtype, None, head)
+            batch = graph_batch([item], cfg.model.cutoff, dtype, None, head, probes=False)
             occ = model.occupancies(model.atom_features(batch))
             for a, z in enumerate(item["numbers"].tolist()):
                 layout = head.layouts[z]
@@ -366,7 +373,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         step = state.step
         train_set.set_epoch(step)
         mine = sampler.indices(step)[rank::world]
-        batch = graph_batch([train_set[i] for i in mine], cfg.model.cutoff, dtype, saed, model.occupancy_head)
+        batch = graph_batch([train_set[i] for i in mine], cfg.model.cutoff, dtype, saed, model.occupancy_head,
+                            probes=not cfg.freeze_density)
         loss = _loss(ddp_model, batch, cfg.model.spin, cfg.occupancy_weight, density=not cfg.freeze_density)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

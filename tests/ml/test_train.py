@@ -13,13 +13,8 @@ from dftflow.ml.train import TrainConfig, load_checkpoint, train
 
 
 @pytest.fixture(scope="module")
-def si_dataset(shared: Path, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("si")
-    (root / "src" / "Si").mkdir(parents=True)
-    shutil.copy(shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz",
-                root / "src" / "Si" / "CHGCAR.gz")
-    assert harvest(list(from_directory(root / "src")), root / "ds")["stored"] == 1
-    return root / "ds"
+def si_dataset(si_vasp_dataset: Path) -> Path:
+    return si_vasp_dataset
 
 
 def config(dataset: Path, out: Path, steps: int, **optim) -> TrainConfig:
