@@ -81,7 +81,10 @@ def predict(
     spacing: Annotated[float, typer.Option(help="Largest grid spacing in Å when --grid is not given.")] = 0.1,
     nelect: Annotated[str, typer.Option(help="Rescale to this many electrons: auto (VASP-recommended PAW "
                                              "valence), none, or a number.")] = "auto",
-    chunk: Annotated[int, typer.Option(help="Probe points per chunk (memory bound).")] = 20000,
+    chunk: Annotated[int | None, typer.Option(help="Probe points per chunk (default: sized to ~40,000 "
+                                                   "atom-probe edges, which bounds the memory).")] = None,
+    symmetry: Annotated[bool, typer.Option(help="Evaluate one point per space-group orbit of the grid "
+                                                "and copy it to the others (same result, less work).")] = True,
     json_: JsonOpt = False,
 ) -> None:
     """Predict the full-grid density of any structure (no density file needed) and write a CHGCAR."""
@@ -96,13 +99,15 @@ def predict(
             raise InputError(f"--grid {grid!r}: expected nx,ny,nz")
         target = _nelect(structure, nelect)
         with RichProgress(enabled=not json_) as progress:
-            result = predict_density(net, ckpt, structure, shape, nelect=target, chunk=chunk, progress=progress)
+            result = predict_density(net, ckpt, structure, shape, nelect=target, chunk=chunk,
+                                     symmetry=symmetry, progress=progress)
         dest = out / structure_name(path) / "CHGCAR"
         dest.parent.mkdir(parents=True, exist_ok=True)
         write_prediction_chgcar(structure, result["rho"], dest, diff=result["diff"])
         rows.append({"structure": str(path), "chgcar": str(dest), "grid": list(shape), "seconds": result["seconds"],
                      "electrons_predicted": result["electrons_predicted"], "nelect": target,
-                     "scale": result["scale"]})
+                     "scale": result["scale"], "points_evaluated": result["points_evaluated"],
+                     "symmetry": result["symmetry"]})
     if json_:
         print_json(rows)
         return

@@ -51,6 +51,9 @@ class ModelConfig(StrictModel):
     num_basis: int = Field(default=20, gt=0, description="Gaussians of the radial basis")
     radial_neurons: int = Field(default=100, gt=0)
     spin: bool = False
+    scalar_readout: bool = Field(
+        default=True, description="the last probe layer computes only the even scalars the readout reads "
+        "(the same function with less work); false in checkpoints written before it existed")
     occupancy: dict[str, list[int]] | None = Field(
         default=None, description="per atomic number: the projectors' l_j of its PAW setup; adds the occupancy head")
 
@@ -86,6 +89,102 @@ class GaussianBasis(nn.Module):
         return (b - self.mean) * self.inv_std
 
 
+class SenderTensorProduct(nn.Module):
+    """e3nn's ``uvu`` tensor product of sender features with edge harmonics, evaluated per sender.
+
+    Message ``(u, k)`` of a path is ``w_u(edge) · pw · Σ_ij x_ui(sender) Y_j(edge) C_ijk``.
+    The sum over ``i`` involves only the sender, so each node's features are
+    first contracted with the Clebsch–Gordan coefficients into matrices ``Z``
+    of shape (outputs, harmonics); the edges leaving a node (contiguous once
+    sorted by sender) then need one dense product ``Y[edges] @ Z[node]ᵀ`` and a
+    broadcast multiplication by their weights. Atom → probe graphs have few
+    senders and many edges, so this replaces e3nn's per-edge outer products by
+    a few matrix products. Outputs are grouped by their l (``k`` major, then
+    every path's ``u``) so the weights broadcast without being expanded;
+    :meth:`to_e3nn` restores e3nn's layout after the sum over receivers (far
+    fewer rows than edges). It is the same function as the e3nn module, which
+    stays the definition (tested against).
+    """
+
+    def __init__(self, tp: o3.TensorProduct) -> None:
+        super().__init__()
+        self.dim_in2, self.dim_out = tp.irreps_in2.dim, tp.irreps_out.dim
+        s1, s2, so = tp.irreps_in1.slices(), tp.irreps_in2.slices(), tp.irreps_out.slices()
+        self.w3j: list[torch.Tensor] = []  # float64, outside the buffers (cast at use)
+        # per output degree: [(in1 slice, mul, dim1, in2 slice, position of its u's in the group, path)]
+        groups: dict[int, list[tuple[slice, int, int, slice, int, int]]] = {}
+        weight_cols: dict[int, list[int]] = {}
+        e3nn_cols: dict[int, list[torch.Tensor]] = {}
+        offset = 0
+        for n, ins in enumerate(tp.instructions):
+            if ins.connection_mode != "uvu" or not ins.has_weight or tp.irreps_in2[ins.i_in2].mul != 1:
+                raise ValueError("SenderTensorProduct evaluates weighted uvu paths with single edge harmonics")
+            mul, ir1 = tp.irreps_in1[ins.i_in1]
+            ir2, ir3 = tp.irreps_in2[ins.i_in2].ir, tp.irreps_out[ins.i_out].ir
+            self.w3j.append(o3.wigner_3j(ir1.l, ir2.l, ir3.l, dtype=torch.float64) * ins.path_weight)
+            group = groups.setdefault(ir3.l, [])
+            cols = weight_cols.setdefault(ir3.l, [])
+            group.append((s1[ins.i_in1], mul, ir1.dim, s2[ins.i_in2], len(cols), n))
+            cols.extend(range(offset, offset + mul))
+            e3nn_cols.setdefault(ir3.l, []).append(torch.arange(so[ins.i_out].start, so[ins.i_out].stop)
+                                                   .reshape(mul, ir3.dim))
+            offset += mul
+        self.degrees = sorted(groups)
+        self.groups = [groups[d] for d in self.degrees]
+        self.widths = [len(weight_cols[d]) for d in self.degrees]
+        sizes = [(2 * d + 1) * w for d, w in zip(self.degrees, self.widths)]
+        self.starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        for d in self.degrees:
+            self.register_buffer(f"wcols_{d}", torch.as_tensor(weight_cols[d]), persistent=False)
+        # our column c (degree-grouped, k major) holds e3nn's column order[c]
+        order = torch.cat([torch.cat(e3nn_cols[d]).T.reshape(-1) for d in self.degrees])
+        if sorted(order.tolist()) != list(range(self.dim_out)):
+            raise ValueError("SenderTensorProduct expects exactly one path per output irrep")
+        self.register_buffer("inverse", torch.argsort(order), persistent=False)
+
+    def node_matrices(self, x: torch.Tensor) -> torch.Tensor:
+        """(nodes, outputs, harmonics) in the grouped layout: each node's features contracted with the couplings."""
+        z = x.new_zeros(x.shape[0], self.dim_out, self.dim_in2)
+        for d, group, width, c0 in zip(self.degrees, self.groups, self.widths, self.starts):
+            zd = z[:, c0:c0 + (2 * d + 1) * width].unflatten(1, (2 * d + 1, width))
+            for s1, mul, d1, s2, start, n in group:
+                part = torch.einsum("nui,ijk->nkuj", x[:, s1].reshape(-1, mul, d1), self.w3j[n].to(x))
+                zd[:, :, start:start + mul, s2] = part
+        return z
+
+    def forward(self, x: torch.Tensor, counts: list[int], edge_sh: torch.Tensor,
+                weights: torch.Tensor) -> torch.Tensor:
+        """Messages (grouped layout) of edges sorted by sender; ``counts[n]`` edges leave node ``n``."""
+        z = self.node_matrices(x)
+        n_edges = edge_sh.shape[0]
+        bounds = torch.tensor([0, *counts]).cumsum(0).tolist()
+        nodes = [n for n, c in enumerate(counts) if c]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, edge_sh, weights)):
+            pre = torch.cat([edge_sh[bounds[n]:bounds[n + 1]] @ z[n].T for n in nodes]) if nodes \
+                else edge_sh.new_zeros(0, self.dim_out)
+            return torch.cat([pre[:, c0:c0 + (2 * d + 1) * w].unflatten(1, (2 * d + 1, w))
+                              .mul(weights.index_select(1, getattr(self, f"wcols_{d}"))[:, None, :]).flatten(1)
+                              for d, w, c0 in zip(self.degrees, self.widths, self.starts)], dim=1)
+        # inference: products written in place, no concatenations
+        pre = edge_sh.new_empty(n_edges, self.dim_out)
+        for n in nodes:
+            torch.mm(edge_sh[bounds[n]:bounds[n + 1]], z[n].T, out=pre[bounds[n]:bounds[n + 1]])
+        for d, w, c0 in zip(self.degrees, self.widths, self.starts):
+            pre[:, c0:c0 + (2 * d + 1) * w].unflatten(1, (2 * d + 1, w)).mul_(
+                weights.index_select(1, getattr(self, f"wcols_{d}"))[:, None, :])
+        return pre
+
+    def to_e3nn(self, summed: torch.Tensor) -> torch.Tensor:
+        """Columns of the grouped layout back in e3nn's order (after summing over receivers)."""
+        return summed.index_select(1, self.inverse)
+
+
+def sort_by_sender(sender: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, list[int]]:
+    """The permutation that sorts edges by sender, and how many edges each node sends."""
+    order = torch.argsort(sender, stable=True)
+    return order, torch.bincount(sender, minlength=num_nodes).tolist()
+
+
 class PointConvolution(nn.Module):
     """Equivariant convolution from sender nodes to receiver nodes (the same set, or probes).
 
@@ -116,6 +215,7 @@ class PointConvolution(nn.Module):
         paths = [(i, j, perm[k], mode, train) for i, j, k, mode, train in paths]
         self.tp = o3.TensorProduct(self.irreps_sender, irreps_edge, sorted_irreps, paths,
                                    internal_weights=False, shared_weights=False)
+        self.sender_tp = SenderTensorProduct(self.tp)
         self.radial = FullyConnectedNet(radial + [self.tp.weight_numel], torch.nn.functional.silu)
         self.post = o3.Linear(sorted_irreps, self.irreps_out)
         self.angle = o3.Linear(sorted_irreps, "0e")
@@ -127,11 +227,18 @@ class PointConvolution(nn.Module):
         self.register_buffer("has_self", mask)
 
     def forward(self, sender: torch.Tensor, receiver: torch.Tensor, edge_sender: torch.Tensor,
-                edge_receiver: torch.Tensor, edge_sh: torch.Tensor, edge_basis: torch.Tensor) -> torch.Tensor:
+                edge_receiver: torch.Tensor, edge_sh: torch.Tensor, edge_basis: torch.Tensor,
+                sender_counts: list[int] | None = None) -> torch.Tensor:
+        """``sender_counts`` (edges per sender, edges sorted by sender) selects the per-sender evaluation."""
         weights = self.radial(edge_basis)
-        messages = self.tp(self.pre(sender)[edge_sender], edge_sh, weights)
+        if sender_counts is None:
+            messages = self.tp(self.pre(sender)[edge_sender], edge_sh, weights)
+        else:
+            messages = self.sender_tp(self.pre(sender), sender_counts, edge_sh, weights)
         summed = messages.new_zeros(receiver.shape[0], messages.shape[1])
         summed.index_add_(0, edge_receiver, messages)
+        if sender_counts is not None:
+            summed = self.sender_tp.to_e3nn(summed)
         summed = summed * self.norm
         theta = 0.1 * self.angle(summed)
         cos, sin = torch.cos(theta), torch.sin(theta)
@@ -219,14 +326,16 @@ class ChargE3Net(nn.Module):
         self.probe_convs, self.probe_gates = nn.ModuleList(), nn.ModuleList()
         atom_irreps = o3.Irreps(f"{NUM_SPECIES}x0e")
         probe_irreps = o3.Irreps("0e")
-        for _ in range(c.num_interactions):
+        for layer in range(c.num_interactions):
             gate = _gate(atom_irreps, self.irreps_sh, hidden)
             self.atom_convs.append(PointConvolution(atom_irreps, atom_irreps, self.irreps_sh, gate.irreps_in,
                                                     radial, c.num_neighbors))
             self.atom_gates.append(gate)
             new_atom_irreps = gate.irreps_out
             # probes listen to the atoms' features of this layer
-            pgate = _gate(new_atom_irreps, self.irreps_sh, hidden)
+            last = layer == c.num_interactions - 1 and c.scalar_readout
+            # the readout is linear in the even scalars of the last probe layer: nothing else is computed there
+            pgate = _gate(new_atom_irreps, self.irreps_sh, hidden.filter(["0e"]) if last else hidden)
             self.probe_convs.append(PointConvolution(new_atom_irreps, probe_irreps, self.irreps_sh,
                                                      pgate.irreps_in, radial, c.num_neighbors))
             self.probe_gates.append(pgate)
@@ -251,25 +360,27 @@ class ChargE3Net(nn.Module):
     def atom_features(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Per-layer atom features; ``batch`` holds numbers, positions, cell, atom_graph and atom edges."""
         x = torch.nn.functional.one_hot(batch["numbers"].long(), NUM_SPECIES).to(batch["positions"].dtype)
-        vec = self.edge_vectors(batch["positions"], batch["positions"], batch["cell"], batch["atom_edge_sender"],
-                                batch["atom_edge_receiver"], batch["atom_edge_shift"],
-                                batch["atom_graph"][batch["atom_edge_receiver"]])
+        order, counts = sort_by_sender(batch["atom_edge_sender"], len(x))
+        sender, receiver = batch["atom_edge_sender"][order], batch["atom_edge_receiver"][order]
+        vec = self.edge_vectors(batch["positions"], batch["positions"], batch["cell"], sender, receiver,
+                                batch["atom_edge_shift"][order], batch["atom_graph"][receiver])
         sh, basis = self._edge_features(vec)
         layers = []
         for conv, gate in zip(self.atom_convs, self.atom_gates):
-            x = gate(conv(x, x, batch["atom_edge_sender"], batch["atom_edge_receiver"], sh, basis))
+            x = gate(conv(x, x, sender, receiver, sh, basis, counts))
             layers.append(x)
         return layers
 
     def probe_density(self, batch: dict[str, torch.Tensor], atoms: list[torch.Tensor]) -> torch.Tensor:
         """Density at the probes of ``batch`` (probe_positions, probe_graph, probe edges)."""
-        vec = self.edge_vectors(batch["positions"], batch["probe_positions"], batch["cell"],
-                                batch["probe_edge_sender"], batch["probe_edge_receiver"], batch["probe_edge_shift"],
-                                batch["probe_graph"][batch["probe_edge_receiver"]])
+        order, counts = sort_by_sender(batch["probe_edge_sender"], len(atoms[0]))
+        sender, receiver = batch["probe_edge_sender"][order], batch["probe_edge_receiver"][order]
+        vec = self.edge_vectors(batch["positions"], batch["probe_positions"], batch["cell"], sender, receiver,
+                                batch["probe_edge_shift"][order], batch["probe_graph"][receiver])
         sh, basis = self._edge_features(vec)
         p = batch["probe_positions"].new_zeros(batch["probe_positions"].shape[0], 1)
         for conv, gate, a in zip(self.probe_convs, self.probe_gates, atoms):
-            p = gate(conv(a, p, batch["probe_edge_sender"], batch["probe_edge_receiver"], sh, basis))
+            p = gate(conv(a, p, sender, receiver, sh, basis, counts))
         out = self.readout(p)
         return out if self.config.spin else out[:, 0]
 

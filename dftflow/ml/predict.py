@@ -19,6 +19,10 @@ import torch
 
 from dftflow.ml.graph import PeriodicImages, make_batch
 from dftflow.ml.model import ChargE3Net, ModelConfig
+from dftflow.ml.symmetry import SYMPREC, grid_orbits
+
+#: atom → probe edges per chunk of a full-grid prediction (keeps the per-edge intermediates near cache size)
+EDGES_PER_CHUNK = 40_000
 
 
 def load_model(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[ChargE3Net, dict[str, Any]]:
@@ -37,9 +41,16 @@ def default_grid(lattice: np.ndarray, spacing: float = 0.1) -> tuple[int, int, i
     return tuple(int(2 * math.ceil(n / (2 * spacing))) for n in lengths)  # type: ignore[return-value]
 
 
-def predict_grid(model: ChargE3Net, structure: Any, grid: tuple[int, int, int], *, chunk: int = 20000,
-                 dtype: torch.dtype = torch.float32, progress: Any = None) -> dict[str, Any]:
-    """ρ (e/Å³) on ``grid`` for ``structure`` (a pymatgen Structure); also timings and peak chunk size."""
+def predict_grid(model: ChargE3Net, structure: Any, grid: tuple[int, int, int], *, chunk: int | None = None,
+                 symmetry: bool = True, dtype: torch.dtype = torch.float32, progress: Any = None) -> dict[str, Any]:
+    """ρ (e/Å³) on ``grid`` for ``structure`` (a pymatgen Structure); also timings and chunk sizes.
+
+    With ``symmetry`` only one point per space-group orbit of the grid is
+    evaluated (:mod:`dftflow.ml.symmetry`) and copied to the others. Chunks
+    hold ``chunk`` points, by default as many as give about
+    :data:`EDGES_PER_CHUNK` atom → probe edges (measured on the first chunk):
+    small enough for the intermediates to stay in cache-sized memory.
+    """
     cell = structure.lattice.matrix
     positions = structure.cart_coords
     numbers = [site.specie.Z for site in structure]
@@ -51,14 +62,17 @@ def predict_grid(model: ChargE3Net, structure: Any, grid: tuple[int, int, int], 
     images = PeriodicImages(positions, cell, cutoff)
     nx, ny, nz = grid
     n = nx * ny * nz
-    out = np.empty((n, 2) if model.config.spin else n, dtype=np.float32)
+    orbits = grid_orbits(structure, grid) if symmetry else None
+    points = orbits.representatives if orbits is not None else None
+    n_eval = len(points) if points is not None else n
+    out = np.empty((n_eval, 2) if model.config.spin else n_eval, dtype=np.float32)
     t_atoms = time.perf_counter() - t0
     if progress is not None:
-        progress.start("predict", n)
-    max_edges = 0
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        idx = np.arange(start, stop)
+        progress.start("predict", n_eval)
+    max_edges, start, size = 0, 0, chunk or 256
+    while start < n_eval:
+        stop = min(n_eval, start + size)
+        idx = points[start:stop] if points is not None else np.arange(start, stop)
         frac = np.stack(np.unravel_index(idx, (nx, ny, nz)), axis=-1) / np.array([nx, ny, nz], dtype=float)
         probes = frac @ cell
         edges = images.edges_to(probes)
@@ -73,23 +87,32 @@ def predict_grid(model: ChargE3Net, structure: Any, grid: tuple[int, int, int], 
             out[start:stop] = model.probe_density(batch, features).cpu().numpy()
         if progress is not None:
             progress.advance(stop - start)
+        if chunk is None:
+            size = int(np.clip(EDGES_PER_CHUNK * (stop - start) / max(1, len(edges)), 256, 100_000))
+        start = stop
+    if orbits is not None:
+        out = out[orbits.inverse]
     shape = (nx, ny, nz, 2) if model.config.spin else (nx, ny, nz)
     rho = out.reshape(shape)
     return {"rho": rho, "grid": (nx, ny, nz), "seconds": time.perf_counter() - t0, "seconds_atoms": t_atoms,
-            "max_chunk_edges": max_edges}
+            "max_chunk_edges": max_edges, "points_evaluated": n_eval,
+            "symmetry": None if orbits is None else {"spacegroup": orbits.spacegroup, "operations": orbits.operations,
+                                                     "symprec": SYMPREC}}
 
 
 def predict_density(model: ChargE3Net, ckpt: dict[str, Any], structure: Any, grid: tuple[int, int, int], *,
-                    nelect: float | None = None, chunk: int = 20000, progress: Any = None) -> dict[str, Any]:
+                    nelect: float | None = None, chunk: int | None = None, symmetry: bool = True,
+                    progress: Any = None) -> dict[str, Any]:
     """What a user runs: the model's grid, the SAED added back for Δ-SAED models, rescaled to ``nelect``.
 
     Returns ``rho`` (e/Å³), ``diff`` (the magnetisation for spin models, else None),
-    ``electrons_predicted`` (before rescaling), ``scale`` and ``seconds`` (all of it).
+    ``electrons_predicted`` (before rescaling), ``scale``, ``seconds`` (all of it),
+    ``points_evaluated`` and ``symmetry`` (see :func:`predict_grid`).
     """
     from dftflow.ml.saed import add_saed
 
     t0 = time.perf_counter()
-    result = predict_grid(model, structure, grid, chunk=chunk, progress=progress)
+    result = predict_grid(model, structure, grid, chunk=chunk, symmetry=symmetry, progress=progress)
     rho = result["rho"][..., 0] if model.config.spin else result["rho"]
     rho = add_saed(rho, structure, ckpt.get("saed"))
     electrons = float(rho.sum(dtype=np.float64) * structure.volume / rho.size)
@@ -97,7 +120,8 @@ def predict_density(model: ChargE3Net, ckpt: dict[str, Any], structure: Any, gri
     if nelect is not None:
         rho, factor = rescale(rho, structure.volume, nelect)
     return {"rho": rho, "diff": result["rho"][..., 1] if model.config.spin else None, "grid": tuple(grid),
-            "electrons_predicted": electrons, "scale": factor, "seconds": time.perf_counter() - t0}
+            "electrons_predicted": electrons, "scale": factor, "seconds": time.perf_counter() - t0,
+            "points_evaluated": result["points_evaluated"], "symmetry": result["symmetry"]}
 
 
 def predict_occupancies(model: ChargE3Net, structure: Any, *, dtype: torch.dtype = torch.float32) -> list[np.ndarray]:

@@ -286,9 +286,12 @@ def _version() -> str:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError) as exc:
         raise ConfigError(f"{path}: cannot load the checkpoint ({exc})") from exc
+    if isinstance(ckpt.get("model_config"), dict):
+        ckpt["model_config"].setdefault("scalar_readout", False)  # written before the lean last layer
+    return ckpt
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> dict[str, Any]:

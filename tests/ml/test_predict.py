@@ -33,7 +33,7 @@ def test_chunked_grid_equals_one_batch(model, shared: Path, tmp_path: Path) -> N
     with torch.no_grad():
         direct = model(batch).numpy().reshape(grid)
     np.testing.assert_allclose(a, direct, rtol=1e-5, atol=1e-7)
-    scaled, factor = rescale(a, s.volume, 18.0)
+    scaled, factor = rescale(np.abs(a) + 1e-3, s.volume, 18.0)  # an untrained model's sum can have any sign
     assert float(scaled.sum() * s.volume / scaled.size) == pytest.approx(18.0, rel=1e-6)
     path = tmp_path / "CHGCAR"
     write_prediction_chgcar(s, scaled, path)
@@ -41,3 +41,33 @@ def test_chunked_grid_equals_one_batch(model, shared: Path, tmp_path: Path) -> N
     assert chg.data["total"].shape == grid
     np.testing.assert_allclose(chg.data["total"] / s.volume, scaled, rtol=1e-5, atol=1e-8)
     assert default_grid(np.eye(3) * 4.0, 0.1) == (40, 40, 40)
+
+
+def test_symmetric_prediction_equals_every_point(model, shared: Path) -> None:
+    """One point per space-group orbit, copied, gives what evaluating every grid point gives."""
+    fixtures = shared / "fixtures" / "ecd_outcars"
+    for name, grid, max_fraction in (("icsd-163383-O1Zn1", (12, 12, 12), 0.1),  # F-43m: 24 ops on this grid
+                                     ("icsd-1611-O3Pb1Ti1", (10, 10, 12), 0.25),  # P4mm: 8 ops
+                                     ("icsd-163383-O1Zn1", (12, 12, 10), 0.6)):  # only the ops this grid allows
+        s = Structure.from_file(fixtures / f"{name}_PBE" / "POSCAR")
+        sym = predict_grid(model, s, grid, chunk=500)
+        every = predict_grid(model, s, grid, symmetry=False)
+        assert sym["points_evaluated"] <= max_fraction * np.prod(grid), (name, grid, sym["points_evaluated"])
+        assert every["points_evaluated"] == np.prod(grid)
+        np.testing.assert_allclose(sym["rho"], every["rho"], rtol=2e-5, atol=1e-6 * np.abs(every["rho"]).max())
+
+
+def test_grid_orbits_hold_equal_values_of_a_real_vasp_density(shared: Path) -> None:
+    """VASP symmetrises its density: on the real Si CHGCAR every orbit holds one value, and a wrong map would not."""
+    from dftflow.ml.symmetry import grid_orbits
+
+    chg = Chgcar.from_file(str(shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz"))
+    rho = chg.data["total"].reshape(-1)
+    orbits = grid_orbits(chg.structure, rho.shape and chg.data["total"].shape)
+    assert orbits.operations == 48 and orbits.reduction > 20
+    spread = np.zeros(len(orbits.representatives))
+    np.maximum.at(spread, orbits.inverse, np.abs(rho - rho[orbits.representatives][orbits.inverse]))
+    assert spread.max() < 1e-4 * np.abs(rho).max()
+    # the same check fails for orbits of a shifted grid (the map must be the right one)
+    shifted = np.roll(chg.data["total"], 1, axis=0).reshape(-1)
+    assert np.abs(shifted - shifted[orbits.representatives][orbits.inverse]).max() > 1e-2 * np.abs(rho).max()
