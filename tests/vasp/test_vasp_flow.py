@@ -69,6 +69,32 @@ def test_an_error_in_the_output_is_corrected_by_custodian_and_rerun(shared: Path
     assert (tmp_path / "double-state" / "GGA_Relax_1.runs").read_text() == "2"
 
 
+def test_a_crash_no_handler_fixes_climbs_the_input_sets_ladder(shared: Path, tmp_path: Path, vasp_double) -> None:
+    """custodian gives up on an unrecognised crash; the job reruns on the next rung of the ladder and completes."""
+    inputset = tmp_path / "mp-static-ladder.yaml"
+    text = (Path(__file__).parents[2] / "inputsets" / "mp-static.yaml").read_text()
+    inputset.write_text(text.replace("name: mp-static", "name: mp-static-ladder")
+                        + "ladder:\n  - name: all-band\n    reason: a test rung\n    incar: {ALGO: All}\n")
+    env = vasp_double(inject={"GGA_Static": {"stdout": "forrtl: severe (174): SIGSEGV, segmentation fault",
+                                             "returncode": 174, "times": 1, "allow": ["ALGO"]}})
+    project = tmp_path / "project"
+    queue = JobQueue(project / "jobs.sqlite")
+    queue.add_flow("Si", flow_jobs(vasp_flow(si(shared), "Si", relax_set="mp-relax", static_set=str(inputset))))
+    queue.close()
+    counts = run_workers(project / "jobs.sqlite", project, 1, env=env)
+    queue = JobQueue(project / "jobs.sqlite")
+    jobs = {j["name"]: j for j in queue.jobs()}
+    queue.close()
+    assert counts["COMPLETED"] == 2, {n: j["error"] for n, j in jobs.items()}
+    static = jobs["static"]["output"]["output"]
+    assert [h["rung"] for h in static["ladder_history"]] == [0]
+    assert "return code is 174" in static["ladder_history"][0]["error"]
+    assert static["rung"] == 1 and static["incar"]["ALGO"] == "All"
+    assert "ALGO = All" in (Path(static["dir"]) / "INCAR").read_text()  # what the double ran on the second try
+    assert (tmp_path / "double-state" / "GGA_Static.runs").read_text() == "2"
+    assert static["converged_electronic"]
+
+
 def test_wrong_inputs_fail_with_the_doubles_reason(shared: Path, tmp_path: Path, vasp_double) -> None:
     env = vasp_double()
     structure = si(shared)
