@@ -22,7 +22,7 @@ from dftflow.ml.model import ChargE3Net, ModelConfig
 from dftflow.ml.symmetry import SYMPREC, grid_orbits
 
 #: atom → probe edges per chunk of a full-grid prediction (keeps the per-edge intermediates near cache size)
-EDGES_PER_CHUNK = 40_000
+EDGES_PER_CHUNK = 20_000
 
 
 def load_model(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[ChargE3Net, dict[str, Any]]:
