@@ -31,15 +31,19 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def si_vasp_dataset(shared: Path, tmp_path_factory) -> Path:
-    """The real VASP Si CHGCAR of the fixtures harvested into a dataset (material ``src|Si``); read-only."""
+    """The real VASP Si CHGCAR (with its OUTCAR) of the fixtures harvested into a dataset (material ``src|Si``).
+
+    Read-only. The OUTCAR gives NELECT and the POTCAR's projector channels of the augmentation blocks.
+    """
     import shutil
 
     from dftflow.dataset.harvest import from_directory, harvest
 
     root = tmp_path_factory.mktemp("si-ds")
     (root / "src" / "Si").mkdir(parents=True)
-    shutil.copy(shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz",
-                root / "src" / "Si" / "CHGCAR.gz")
+    for name in ("CHGCAR.gz", "OUTCAR.gz"):
+        shutil.copy(shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / name,
+                    root / "src" / "Si" / name)
     assert harvest(list(from_directory(root / "src")), root / "ds")["stored"] == 1
     return root / "ds"
 

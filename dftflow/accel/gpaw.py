@@ -193,7 +193,9 @@ def run_predict(maker: PredictStartMaker, structure: Structure, *, uid: str = ""
     result = predict_density(model, ckpt, structure, conv.grid, nelect=conv.nvalence)
     np.save(workdir / "rho.npy", result["rho"].astype(np.float64))
     occupancy_s, occupancy_note = None, None
-    if model.occupancy_head is not None:
+    if model.occupancy_head is not None and model.occupancy_head.kind != "gpaw":
+        occupancy_note = f"the occupancy head predicts {model.occupancy_head.kind} occupancies, not GPAW's"
+    elif model.occupancy_head is not None:
         from dftflow.errors import InputError
         from dftflow.ml.predict import predict_occupancies
 

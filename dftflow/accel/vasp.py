@@ -4,9 +4,11 @@ Every arm runs the same input set with ``ISTART = 0`` (no wave functions are
 read) and the same ``NELMDL = -nfixed``; the default arm has ``ICHARG = 2``
 (superposition of atomic charge densities), the others ``ICHARG = 1`` with:
 
-* ``ml``: the predicted grid only. VASP then starts the PAW one-centre
-  occupancies from the atoms (it warns that they are missing); this is
-  what a user without a converged run can do until occupancies are predicted;
+* ``ml``: the predicted grid, with the augmentation occupancies of the
+  model's VASP occupancy head when it has one (and knows every element, and
+  its blocks have the sizes of this run's POTCARs); otherwise the grid only,
+  and VASP starts the PAW one-centre occupancies from the atoms (it warns
+  that they are missing). The result says which (``occupancies``);
 * ``ml-true-occ`` (not deployable): the predicted grid with the augmentation
   occupancies of the default arm's converged CHGCAR;
 * ``oracle``: the default arm's converged CHGCAR.
@@ -88,7 +90,7 @@ def run_vasp_predict(maker: VaspPredictMaker, structure: Any, *, uid: str = "",
     from pymatgen.io.vasp import Vasprun
 
     from dftflow.density.chgcar import read_chgcar
-    from dftflow.ml.predict import load_model, predict_density, write_prediction_chgcar
+    from dftflow.ml.predict import load_model, predict_density, predicted_augmentation, write_prediction_chgcar
     from dftflow.vasp.jobs import _structure
 
     structure = _structure(structure)
@@ -104,7 +106,9 @@ def run_vasp_predict(maker: VaspPredictMaker, structure: Any, *, uid: str = "",
     t_load = time.perf_counter() - t0
     result = predict_density(model, ckpt, structure, converged.grid, nelect=nelect)
     files = {"ml": workdir / "CHGCAR.ml", "ml-true-occ": workdir / "CHGCAR.ml-true-occ"}
-    write_prediction_chgcar(structure, result["rho"], files["ml"], diff=result["diff"])
+    sizes = [len(v) for v in converged.augmentation["total"]] if converged.augmentation else None
+    predicted, occupancies = predicted_augmentation(model, structure, spin=result["diff"] is not None, sizes=sizes)
+    write_prediction_chgcar(structure, result["rho"], files["ml"], diff=result["diff"], augmentation=predicted)
     augmentation = None
     if converged.augmentation is not None:
         keys = ("total", "diff") if result["diff"] is not None else ("total",)
@@ -114,7 +118,8 @@ def run_vasp_predict(maker: VaspPredictMaker, structure: Any, *, uid: str = "",
     out = {"uid": uid, "arm": "predict", "chgcar": {k: str(v) for k, v in files.items()},
            "grid": list(converged.grid), "nelect": nelect, "seconds": round(result["seconds"], 3),
            "load_s": round(t_load, 3), "electrons_predicted": result["electrons_predicted"],
-           "scale": result["scale"], "model": str(Path(maker.model).resolve()), "model_step": ckpt.get("step"),
+           "scale": result["scale"], "occupancies": occupancies, "model": str(Path(maker.model).resolve()),
+           "model_step": ckpt.get("step"),
            "dir": str(workdir)}
     (workdir / "result.json").write_text(json.dumps(out, indent=2))
     return out

@@ -89,6 +89,7 @@ def predict(
 ) -> None:
     """Predict the full-grid density of any structure (no density file needed) and write a CHGCAR."""
     from dftflow.ml.predict import default_grid, load_model, predict_density, write_prediction_chgcar
+    from dftflow.ml.predict import predicted_augmentation as predict_blocks
 
     net, ckpt = load_model(model)
     rows = []
@@ -103,18 +104,20 @@ def predict(
                                      symmetry=symmetry, progress=progress)
         dest = out / structure_name(path) / "CHGCAR"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        write_prediction_chgcar(structure, result["rho"], dest, diff=result["diff"])
+        augmentation, occupancies = predict_blocks(net, structure, spin=result["diff"] is not None)
+        write_prediction_chgcar(structure, result["rho"], dest, diff=result["diff"], augmentation=augmentation)
         rows.append({"structure": str(path), "chgcar": str(dest), "grid": list(shape), "seconds": result["seconds"],
                      "electrons_predicted": result["electrons_predicted"], "nelect": target,
                      "scale": result["scale"], "points_evaluated": result["points_evaluated"],
-                     "symmetry": result["symmetry"]})
+                     "symmetry": result["symmetry"], "occupancies": occupancies})
     if json_:
         print_json(rows)
         return
     for r in rows:
         console.print(f"{r['structure']} → {r['chgcar']}  grid {r['grid']}, {r['seconds']:.1f} s, "
                       f"{r['electrons_predicted']:.3f} e predicted" + (f", scaled ×{r['scale']:.4f} to "
-                                                                        f"{r['nelect']:g}" if r["nelect"] else ""))
+                                                                        f"{r['nelect']:g}" if r["nelect"] else "")
+                      + f"; occupancies {r['occupancies']}")
 
 
 def evaluate(

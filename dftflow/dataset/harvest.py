@@ -8,6 +8,12 @@ Sources:
   NELECT and the functional) when present — plain VASP runs and ECD-style
   ``<material>/CHGCAR`` trees alike.
 
+Beside VASP's augmentation occupancies the record keeps what is needed to read
+them (:func:`augmentation_meta`): the projector channels of every species,
+from the POTCAR headers in the OUTCAR (or a POTCAR beside the CHGCAR), and
+LMAXMIX. The block sizes in the CHGCAR must match those channels, or the
+material is quarantined with the reason.
+
 A file that cannot be read or fails validation is quarantined with its reason
 and the harvest goes on. Re-running skips what is stored.
 """
@@ -35,6 +41,7 @@ class HarvestItem:
     meta: dict[str, Any] = field(default_factory=dict)
     density_npz: str | None = None
     outcar: str | None = None
+    potcar: str | None = None
 
 
 def safe_id(text: str) -> str:
@@ -75,9 +82,11 @@ def from_directory(root: Path) -> Iterator[HarvestItem]:
         rel = chgcar.parent.relative_to(root).as_posix()
         outcar = next((chgcar.parent / n for n in ("OUTCAR", "OUTCAR.gz", "OUTCAR.bz2")
                        if (chgcar.parent / n).is_file()), None)
+        potcar = next((chgcar.parent / n for n in ("POTCAR", "POTCAR.gz", "POTCAR.bz2")
+                       if (chgcar.parent / n).is_file()), None)
         yield HarvestItem(safe_id(f"{root.name}/{rel}" if rel != "." else root.name), str(chgcar),
                           {"provenance": {"source": "directory", "path": str(chgcar)}},
-                          outcar=str(outcar) if outcar else None,
+                          outcar=str(outcar) if outcar else None, potcar=str(potcar) if potcar else None,
                           density_npz=str(chgcar.parent / "density.npz") if (chgcar.parent / "density.npz").is_file()
                           else None)
 
@@ -139,10 +148,40 @@ def _load(item: HarvestItem) -> dict[str, Any]:
         meta = {**outcar_meta(Path(item.outcar)), **meta}
     density = read_chgcar(item.chgcar, nelect=meta.get("nelect"))
     record = record_from_density(density, meta)
+    if density.augmentation is not None:
+        record["augmentation_meta"] = augmentation_meta(density, item, meta)
     if item.density_npz and Path(item.density_npz).exists():
         with np.load(item.density_npz) as data:
             record["density_matrices"] = [data[f"D_{a}"] for a in range(len(density.structure))]
     return record
+
+
+def augmentation_meta(density: Any, item: HarvestItem, meta: dict[str, Any]) -> dict[str, Any]:
+    """How to read the augmentation blocks: layout, projector l's and POTCAR per species, LMAXMIX, engine.
+
+    Raises when the channels of a species do not give the block size its ions have in the CHGCAR.
+    """
+    from dftflow.errors import DensityError
+    from dftflow.vasp.potcar import read_lmaxmix, read_potcar_channels, rholm_size, species_projector_l
+
+    out: dict[str, Any] = {"layout": "vasp-rholm", "engine": meta.get("engine") or "vasp"}
+    source = item.outcar or item.potcar
+    if item.outcar:
+        out["lmaxmix"] = read_lmaxmix(item.outcar)
+    if source is None:
+        return out
+    channels = read_potcar_channels(source)
+    species = list(dict.fromkeys(site.specie.symbol for site in density.structure))
+    out["projector_l"] = species_projector_l(channels, species, source)
+    out["potcars"] = {symbol: c.titel for symbol, c in zip(species, channels, strict=True)}
+    for key, blocks in density.augmentation.items():
+        for a, (site, values) in enumerate(zip(density.structure, blocks, strict=True)):
+            expected = rholm_size(out["projector_l"][site.specie.symbol])
+            if len(values) != expected:
+                raise DensityError(f"{item.chgcar}: ion {a + 1} ({site.specie.symbol}) has {len(values)} "
+                                   f"augmentation occupancies in block {key!r}; the projectors "
+                                   f"l={out['projector_l'][site.specie.symbol]} of {source} give {expected}")
+    return out
 
 
 def record_from_density(density: Any, meta: dict[str, Any]) -> dict[str, Any]:

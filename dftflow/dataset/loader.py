@@ -40,12 +40,15 @@ class ProbeDataset(torch.utils.data.Dataset):
     ``ids`` picks materials (e.g. one set of a split); by default all. With
     ``n_probes=None`` every grid point is returned (small cells only — use
     :func:`iter_grid` for big ones). ``spin=True`` adds the magnetisation
-    density (zeros for non-spin-polarised materials).
+    density (zeros for non-spin-polarised materials). ``occupancies``: add the
+    PAW occupancy targets, ``"gpaw"`` (or True) the spin-summed density matrices
+    (``density_matrices``), ``"vasp"`` the total augmentation occupancies of the
+    CHGCAR (``augmentation_occupancies``, one flat block per atom).
     """
 
     def __init__(self, root: Path | str, ids: Sequence[str] | None = None, *, n_probes: int | None = 200,
                  seed: int = 0, spin: bool = False, dtype: torch.dtype = torch.float32,
-                 occupancies: bool = False) -> None:
+                 occupancies: bool | str = False) -> None:
         self.root = Path(root)
         self.store = Dataset(self.root)
         known = set(self.store.ids())
@@ -92,9 +95,23 @@ class ProbeDataset(torch.utils.data.Dataset):
             diff = (self.store.grid(mid, "diff")[()].reshape(-1)[flat] if "diff" in head["has"]
                     else np.zeros(len(flat), dtype=np.float32))
             item["spin_density"] = torch.as_tensor(diff, dtype=self.dtype)
-        if self.occupancies:
+        if self.occupancies == "vasp":
+            item["augmentation_occupancies"] = self.augmentation_occupancies(mid)
+        elif self.occupancies:
             item["density_matrices"] = self.density_matrices(mid)
         return item
+
+    def augmentation_occupancies(self, material_id: str) -> list[np.ndarray]:
+        """VASP's augmentation occupancies of the total density, one flat block per atom (VASP materials)."""
+        group = self.store._group(material_id)
+        if "augmentation/total" not in group:
+            from dftflow.errors import InputError
+
+            raise InputError(f"{self.root}: material {material_id} has no augmentation occupancies "
+                             "(VASP occupancy targets come from CHGCARs that hold them)")
+        g = group["augmentation/total"]
+        values, offsets = g["values"][()], g["offsets"][()]
+        return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
     def density_matrices(self, material_id: str) -> list[np.ndarray]:
         """The spin-summed PAW density matrices of every atom (GPAW materials)."""

@@ -43,6 +43,8 @@ except ImportError:  # pragma: no cover - platforms without ISA-L wheels
         return zlib.compress(raw, 1)
 
 SCHEMA_VERSION = 1
+#: Additions that readers of ``SCHEMA_VERSION`` may ignore (absent attribute: 0). 1: ``augmentation`` attrs.
+SCHEMA_MINOR = 1
 UNITS = "e/Angstrom^3"  # densities are stored as rho (electrons per cubic Angstrom), float32
 
 _MANIFEST = """
@@ -161,6 +163,7 @@ class ShardWriter:
             self._name = f"{socket.gethostname()}-{os.getpid()}__{uuid.uuid4().hex[:12]}.h5"
             self._file = h5py.File(self.root / "shards" / (self._name + ".partial"), "w")
             self._file.attrs["schema_version"] = SCHEMA_VERSION
+            self._file.attrs["schema_minor"] = SCHEMA_MINOR
             self._file.attrs["units"] = UNITS
         return self._file
 
@@ -209,6 +212,10 @@ class ShardWriter:
             a = g.create_group(f"augmentation/{block}")
             a.create_dataset("values", data=flat.astype(np.float64))
             a.create_dataset("offsets", data=offsets.astype(np.int64))
+        if "augmentation" in g:
+            for key, value in (record.get("augmentation_meta") or {}).items():
+                if value is not None:
+                    g["augmentation"].attrs[key] = value if isinstance(value, str | int) else json.dumps(value)
         for i, D in enumerate(record.get("density_matrices") or []):
             g.create_dataset(f"paw_density_matrices/{i}", data=np.asarray(D, dtype=np.float64))
         for key in ("nelect", "electrons", "electrons_diff", "functional", "engine", "engine_version",
@@ -296,6 +303,21 @@ class Dataset:
         out["has"] = [name for name in ("total", "diff", "magnetisation") if name in g]
         return out
 
+    def augmentation_meta(self, material_id: str) -> dict[str, Any] | None:
+        """How the material's augmentation blocks are laid out (see harvest); None without blocks.
+
+        Keys: ``layout`` (``vasp-rholm``), ``engine``, and when the harvest found them
+        ``projector_l`` and ``potcars`` (per element) and ``lmaxmix``.
+        """
+        g = self._group(material_id)
+        if "augmentation" not in g:
+            return None
+        out: dict[str, Any] = {}
+        for key, value in g["augmentation"].attrs.items():
+            value = value.item() if hasattr(value, "item") else value
+            out[key] = json.loads(value) if key in ("projector_l", "potcars") else value
+        return out
+
     def grid(self, material_id: str, name: str = "total") -> h5py.Dataset:
         """The HDF5 dataset of one grid (read slices of it; ``[()]`` reads it all)."""
         g = self._group(material_id)
@@ -317,6 +339,7 @@ class Dataset:
             for block in g["augmentation"]:
                 values, offsets = g[f"augmentation/{block}/values"][()], g[f"augmentation/{block}/offsets"][()]
                 out["augmentation"][block] = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+            out["augmentation_meta"] = self.augmentation_meta(material_id)
         if "paw_density_matrices" in g:
             d = g["paw_density_matrices"]
             out["density_matrices"] = [d[str(i)][()] for i in range(len(d))]

@@ -26,7 +26,7 @@ of probe chunks reuse it (:meth:`ChargE3Net.probe_density`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from e3nn import o3
@@ -56,6 +56,9 @@ class ModelConfig(StrictModel):
         "(the same function with less work); false in checkpoints written before it existed")
     occupancy: dict[str, list[int]] | None = Field(
         default=None, description="per atomic number: the projectors' l_j of its PAW setup; adds the occupancy head")
+    occupancy_layout: Literal["gpaw", "vasp"] = Field(
+        default="gpaw", description="what the occupancy head predicts: GPAW density matrices or VASP's "
+                                    "augmentation occupancies (the CHGCAR blocks)")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -259,20 +262,26 @@ def _gate(irreps_in: o3.Irreps, irreps_edge: o3.Irreps, hidden: o3.Irreps) -> Ga
 
 
 class OccupancyHead(nn.Module):
-    """Per-atom PAW occupancies (spin-summed GPAW density matrices) as irreps, from the atoms' features.
+    """Per-atom PAW occupancies as irreps, from the atoms' features.
 
-    A linear path and a tensor product of the features with themselves (which
-    reaches L up to twice the features' lmax) give the union of every species'
-    irreps; each species then reads its own layout (:class:`dftflow.ml.occupancy.OccupancyLayout`).
+    ``kind``: ``gpaw`` for spin-summed GPAW density matrices
+    (:class:`dftflow.ml.occupancy.OccupancyLayout`), ``vasp`` for the total
+    augmentation occupancies of a CHGCAR
+    (:class:`dftflow.ml.vasp_occupancy.VaspOccupancyLayout`). A linear path and
+    a tensor product of the features with themselves (which reaches L up to
+    twice the features' lmax) give the union of every species' irreps; each
+    species then reads its own layout.
     """
 
-    def __init__(self, irreps_in: o3.Irreps, layouts: dict[str, list[int]], mul: int = 8) -> None:
+    def __init__(self, irreps_in: o3.Irreps, layouts: dict[str, list[int]], mul: int = 8,
+                 kind: str = "gpaw") -> None:
         super().__init__()
         from collections import Counter
 
-        from dftflow.ml.occupancy import OccupancyLayout
+        from dftflow.ml.occupancy import make_layout
 
-        self.layouts = {int(z): OccupancyLayout(tuple(lj)) for z, lj in layouts.items()}
+        self.kind = kind
+        self.layouts = {int(z): make_layout(kind, lj) for z, lj in layouts.items()}
         need: Counter = Counter()
         for layout in self.layouts.values():
             for key, n in Counter((ir.l, ir.p) for _, ir in layout.irreps).items():
@@ -341,7 +350,8 @@ class ChargE3Net(nn.Module):
             self.probe_gates.append(pgate)
             atom_irreps, probe_irreps = new_atom_irreps, pgate.irreps_out
         self.readout = o3.Linear(probe_irreps, "0e + 0e" if c.spin else "0e")
-        self.occupancy_head = OccupancyHead(atom_irreps, c.occupancy) if c.occupancy else None
+        self.occupancy_head = (OccupancyHead(atom_irreps, c.occupancy, kind=c.occupancy_layout) if c.occupancy
+                               else None)
 
     # -- geometry ---------------------------------------------------------------------------------
     @staticmethod

@@ -121,6 +121,17 @@ class OccupancyLayout:
         return full @ D @ full.T
 
 
+def make_layout(kind: str, l_j: tuple[int, ...] | list[int]):
+    """The layout of one species' occupancies: ``gpaw`` density matrices or ``vasp`` augmentation blocks."""
+    if kind == "gpaw":
+        return OccupancyLayout(tuple(l_j))
+    if kind == "vasp":
+        from dftflow.ml.vasp_occupancy import VaspOccupancyLayout
+
+        return VaspOccupancyLayout(tuple(l_j))
+    raise ValueError(f"occupancy layout {kind!r}: gpaw or vasp")
+
+
 def gpaw_projector_l(symbols: list[str], xc: str = "PBE") -> dict[str, tuple[int, ...]]:
     """l_j of every species' PAW setup (a Hubbard U does not change the projectors)."""
     from gpaw.setup import create_setup

@@ -125,7 +125,11 @@ def predict_density(model: ChargE3Net, ckpt: dict[str, Any], structure: Any, gri
 
 
 def predict_occupancies(model: ChargE3Net, structure: Any, *, dtype: torch.dtype = torch.float32) -> list[np.ndarray]:
-    """Spin-summed PAW density matrices (GPAW's basis, one (ni, ni) array per atom) from the occupancy head."""
+    """The occupancy head's prediction for every atom, in the engine's own layout.
+
+    GPAW heads: spin-summed density matrices (GPAW's basis, one (ni, ni) array per atom);
+    VASP heads: the augmentation occupancies of the total density (one flat block per atom, as in a CHGCAR).
+    """
     if model.occupancy_head is None:
         raise ValueError("this model predicts no occupancies (it was trained without occupancy_weight)")
     head = model.occupancy_head
@@ -140,6 +144,30 @@ def predict_occupancies(model: ChargE3Net, structure: Any, *, dtype: torch.dtype
     with torch.no_grad():
         occ = model.occupancies(model.atom_features(batch)).double().numpy()
     return [head.layouts[z].from_irreps(occ[a, head.index(z).numpy()]) for a, z in enumerate(numbers)]
+
+
+def predicted_augmentation(model: ChargE3Net, structure: Any, *, spin: bool = False,
+                           sizes: list[int] | None = None) -> tuple[dict[str, list[np.ndarray]] | None, str]:
+    """CHGCAR augmentation blocks from a VASP occupancy head, and a note of where they came from.
+
+    Returns ``(None, reason)`` when the model has no VASP head, the head never saw an element of
+    ``structure``, or its blocks do not have the per-atom ``sizes`` of a reference CHGCAR (other
+    POTCARs). ``spin``: the magnetisation block (``diff``) is written as zeros — it is not predicted.
+    """
+    head = model.occupancy_head
+    if head is None or head.kind != "vasp":
+        return None, "none (the model has no VASP occupancy head)"
+    missing = sorted({site.specie.Z for site in structure} - set(head.layouts))
+    if missing:
+        return None, f"none (the occupancy head never saw Z={missing})"
+    total = predict_occupancies(model, structure)
+    if sizes is not None and [len(v) for v in total] != list(sizes):
+        return None, (f"none (the head's blocks have {sorted({len(v) for v in total})} values, the reference "
+                      f"CHGCAR {sorted(set(sizes))}: other POTCARs)")
+    blocks = {"total": total}
+    if spin:
+        blocks["diff"] = [np.zeros_like(v) for v in total]
+    return blocks, "predicted"
 
 
 def rescale(rho: np.ndarray, volume: float, nelect: float) -> tuple[np.ndarray, float]:

@@ -68,7 +68,7 @@ class TrainConfig(StrictModel):
     saed_probes: int = Field(default=4000, gt=0, description="points per training structure for the SAED fit")
     dtype: str = "float32"
     occupancy_weight: float = Field(default=0.0, ge=0,
-                                    description="> 0: also learn the PAW occupancies (GPAW density matrices)")
+                                    description="> 0: also learn the PAW occupancies (model.occupancy_layout)")
     freeze_density: bool = Field(default=False, description="train only the occupancy head (with init_from)")
 
 
@@ -132,34 +132,67 @@ def _ids(cfg: TrainConfig, phase: str) -> list[str]:
     return sets[key]
 
 
-def occupancy_layouts(dataset: str | Path, ids: list[str]) -> dict[str, list[int]]:
-    """Per atomic number in these materials: the projectors' l_j of its GPAW setup (the head's layouts)."""
+def occupancy_layouts(dataset: str | Path, ids: list[str], kind: str = "gpaw") -> dict[str, list[int]]:
+    """Per atomic number in these materials: the projectors' l_j (the occupancy head's layouts).
+
+    ``gpaw``: of GPAW's setups; ``vasp``: of the POTCARs the harvest recorded with each material's
+    augmentation blocks (every material must have them, and one element one set of channels).
+    """
     from pymatgen.core import Element
 
     from dftflow.dataset.store import Dataset
-    from dftflow.ml.occupancy import gpaw_projector_l
 
     ds = Dataset(dataset)
     try:
         numbers = sorted({int(z) for mid in ids for z in ds.header(mid)["numbers"]})
+        if kind == "vasp":
+            return _vasp_layouts(ds, ids)
     finally:
         ds.close()
+    from dftflow.ml.occupancy import gpaw_projector_l
+
     symbols = [Element.from_Z(z).symbol for z in numbers]
     return {str(z): list(lj) for z, lj in zip(numbers, gpaw_projector_l(symbols).values(), strict=True)}
+
+
+def _vasp_layouts(ds: Any, ids: list[str]) -> dict[str, list[int]]:
+    from pymatgen.core import Element
+
+    found: dict[str, tuple[list[int], str]] = {}
+    for mid in ids:
+        meta = ds.augmentation_meta(mid)
+        if not meta or "projector_l" not in meta:
+            raise ConfigError(f"{ds.root}: material {mid} has no projector channels with its augmentation "
+                              "occupancies (harvest it with its OUTCAR or POTCAR), or set model.occupancy")
+        for symbol, lj in meta["projector_l"].items():
+            z = str(Element(symbol).Z)
+            if z in found and found[z][0] != list(lj):
+                raise ConfigError(f"{ds.root}: {symbol} has projectors l={found[z][0]} in {found[z][1]} and "
+                                  f"l={list(lj)} in {mid} (different POTCARs); one model needs one set")
+            found.setdefault(z, (list(lj), mid))
+    return {z: lj for z, (lj, _) in sorted(found.items(), key=lambda kv: int(kv[0]))}
 
 
 def build_model(settings: ModelConfig | dict[str, Any]) -> ChargE3Net:
     return ChargE3Net(settings if isinstance(settings, ModelConfig) else ModelConfig(**settings))
 
 
+#: The loader's key of the occupancy targets, by the head's kind.
+OCCUPANCY_KEYS = {"gpaw": "density_matrices", "vasp": "augmentation_occupancies"}
+
+
 def occupancy_targets(numbers: np.ndarray, matrices: list[np.ndarray], head: Any) -> tuple[torch.Tensor, ...]:
-    """Irreps of the density matrices in the head's union layout, and the mask of each atom's entries."""
+    """Irreps of the occupancies (density matrices or augmentation blocks) in the head's union layout,
+    and the mask of each atom's entries."""
     target = np.zeros((len(numbers), head.irreps_out.dim))
     for a, (z, D) in enumerate(zip(numbers, matrices, strict=True)):
         layout = head.layouts.get(int(z))
         if layout is None:
             raise ConfigError(f"the occupancy head has no layout for Z={int(z)}")
-        target[a, head.index(int(z)).numpy()] = layout.to_irreps(D)
+        try:
+            target[a, head.index(int(z)).numpy()] = layout.to_irreps(D)
+        except ValueError as exc:
+            raise ConfigError(f"atom {a} (Z={int(z)}): {exc}") from exc
     return torch.as_tensor(target), head.mask(torch.as_tensor(np.asarray(numbers)))
 
 
@@ -186,9 +219,10 @@ def graph_batch(items: list[dict[str, Any]], cutoff: float, dtype: torch.dtype,
     if "spin_density" in items[0]:
         batch["target_spin"] = torch.cat([it["spin_density"] for it in items]).to(dtype)
     batch["n_probes"] = torch.as_tensor([len(it["density"]) for it in items])
-    if head is not None and "density_matrices" in items[0]:
+    key = OCCUPANCY_KEYS[head.kind] if head is not None else None
+    if key is not None and key in items[0]:
         target, mask = occupancy_targets(np.concatenate([it["numbers"].numpy() for it in items]),
-                                         [D for it in items for D in it["density_matrices"]], head)
+                                         [D for it in items for D in it[key]], head)
         batch["target_occupancy"], batch["occupancy_mask"] = target.to(dtype), mask
     return batch
 
@@ -225,7 +259,8 @@ def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spin: bool,
 
 
 def occupancy_errors(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: torch.dtype) -> dict[str, float]:
-    """Mean absolute error of the predicted density-matrix entries, per element, over ``dataset``."""
+    """Mean absolute error of the predicted occupancies (density-matrix entries or augmentation
+    occupancies, in the engine's own layout), per element, over ``dataset``."""
     from collections import defaultdict
 
     from pymatgen.core import Element
@@ -241,7 +276,8 @@ def occupancy_errors(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: t
             for a, z in enumerate(item["numbers"].tolist()):
                 layout = head.layouts[z]
                 D = layout.from_irreps(occ[a, head.index(z)].double().numpy())
-                errors[Element.from_Z(z).symbol].append(float(np.abs(D - item["density_matrices"][a]).mean()))
+                truth = item[OCCUPANCY_KEYS[head.kind]][a]
+                errors[Element.from_Z(z).symbol].append(float(np.abs(D - truth).mean()))
     model.train()
     return {el: float(np.mean(v)) for el, v in sorted(errors.items())}
 
@@ -316,8 +352,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         raise ConfigError("the training set is empty")
     if cfg.occupancy_weight > 0 and not cfg.model.occupancy:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
-            "occupancy": occupancy_layouts(cfg.data.dataset, train_set.ids + val_ids)})})
-    train_set.occupancies = val_set.occupancies = cfg.occupancy_weight > 0
+            "occupancy": occupancy_layouts(cfg.data.dataset, train_set.ids + val_ids, cfg.model.occupancy_layout)})})
+    train_set.occupancies = val_set.occupancies = cfg.model.occupancy_layout if cfg.occupancy_weight > 0 else False
     if cfg.freeze_density and not (cfg.init_from and cfg.occupancy_weight > 0):
         raise ConfigError("freeze_density trains only the occupancy head: it needs init_from and occupancy_weight > 0")
     model = build_model(cfg.model).to(dtype)
