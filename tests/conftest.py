@@ -71,13 +71,20 @@ def vasp_double(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Returns ``configure(**extra) -> env``; ``vasp_std`` then runs the double on the Si relax → static chain."""
     base = shared / "fixtures" / "vasp" / "Si_mp_gga_relax"
 
-    def configure(**extra) -> dict[str, str]:
+    chgcar_run = shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs"
+
+    def configure(*, chgcar_outcar: bool = False, **extra) -> dict[str, str]:
+        """``chgcar_outcar``: the static also replays the OUTCAR of the run its CHGCAR comes from, whose
+        POTCAR channels make up the CHGCAR's augmentation blocks (a harvest checks them against each other);
+        otherwise OUTCAR and OSZICAR are GGA_Static's own, which agree on the SCF steps."""
         config = {
             "references": [
                 {"dir": str(base / "GGA_Relax_1"), "match": {"NSW": 99}},
                 {"dir": str(base / "GGA_Relax_2"), "match": {"NSW": 99}},
+                # GGA_Static kept no CHGCAR: the double replays another Si static's (see chgcar_outcar)
                 {"dir": str(base / "GGA_Static"), "match": {"NSW": 0}, "tolerance": 0.01,
-                 "chgcar": str(shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz")},
+                 "chgcar": str(chgcar_run / "CHGCAR.gz"), **({"outcar": str(chgcar_run / "OUTCAR.gz")}
+                                                             if chgcar_outcar else {})},
             ],
             "state": str(tmp_path / "double-state"),
             **extra,

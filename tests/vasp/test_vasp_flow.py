@@ -108,7 +108,7 @@ def test_vasp_project_densities_are_harvested(shared: Path, tmp_path: Path, vasp
     from dftflow.dataset.harvest import from_project, harvest
     from dftflow.dataset.store import Dataset
 
-    out = run_flow(tmp_path, si(shared), vasp_double())
+    out = run_flow(tmp_path, si(shared), vasp_double(chgcar_outcar=True))
     assert out["counts"]["COMPLETED"] == 2
     items = list(from_project(tmp_path / "project"))
     assert [i.material_id for i in items] == ["Si@PBE"]  # the static only: the relaxation keeps no density
