@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from dftflow.dataset.store import Dataset
+from dftflow.errors import InputError
 
 
 def grid_fractional(shape: Sequence[int], flat: np.ndarray) -> np.ndarray:
@@ -55,8 +56,6 @@ class ProbeDataset(torch.utils.data.Dataset):
         self.ids = list(ids) if ids is not None else self.store.ids()
         missing = [i for i in self.ids if i not in known]
         if missing:
-            from dftflow.errors import InputError
-
             raise InputError(f"{self.root}: {len(missing)} requested material(s) are not in the dataset, "
                              f"e.g. {missing[0]!r}")
         self.n_probes, self.seed, self.spin, self.dtype = n_probes, seed, spin, dtype
@@ -103,26 +102,19 @@ class ProbeDataset(torch.utils.data.Dataset):
 
     def augmentation_occupancies(self, material_id: str) -> list[np.ndarray]:
         """VASP's augmentation occupancies of the total density, one flat block per atom (VASP materials)."""
-        group = self.store._group(material_id)
-        if "augmentation/total" not in group:
-            from dftflow.errors import InputError
-
+        blocks = self.store.augmentation(material_id, "total")
+        if blocks is None:
             raise InputError(f"{self.root}: material {material_id} has no augmentation occupancies "
                              "(VASP occupancy targets come from CHGCARs that hold them)")
-        g = group["augmentation/total"]
-        values, offsets = g["values"][()], g["offsets"][()]
-        return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        return blocks
 
     def density_matrices(self, material_id: str) -> list[np.ndarray]:
         """The spin-summed PAW density matrices of every atom (GPAW materials)."""
-        group = self.store._group(material_id)
-        if "paw_density_matrices" not in group:
-            from dftflow.errors import InputError
-
+        matrices = self.store.density_matrices(material_id)
+        if matrices is None:
             raise InputError(f"{self.root}: material {material_id} has no PAW density matrices "
                              "(occupancy targets come from GPAW runs)")
-        d = group["paw_density_matrices"]
-        return [np.asarray(d[str(i)][()]).sum(axis=0) for i in range(len(d))]
+        return [np.asarray(D).sum(axis=0) for D in matrices]
 
 
 def collate_probes(items: list[dict[str, Any]]) -> dict[str, Any]:

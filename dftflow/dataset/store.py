@@ -318,6 +318,23 @@ class Dataset:
             out[key] = json.loads(value) if key in ("projector_l", "potcars") else value
         return out
 
+    def augmentation(self, material_id: str, block: str = "total") -> list[np.ndarray] | None:
+        """One flat array of augmentation occupancies per atom for ``block`` (total, diff, ...); None without."""
+        g = self._group(material_id)
+        if f"augmentation/{block}" not in g:
+            return None
+        a = g[f"augmentation/{block}"]
+        values, offsets = a["values"][()], a["offsets"][()]
+        return [values[i:j] for i, j in zip(offsets[:-1], offsets[1:], strict=True)]
+
+    def density_matrices(self, material_id: str) -> list[np.ndarray] | None:
+        """The PAW density matrices (spin, ni, ni) of every atom (GPAW materials); None without."""
+        g = self._group(material_id)
+        if "paw_density_matrices" not in g:
+            return None
+        d = g["paw_density_matrices"]
+        return [d[str(i)][()] for i in range(len(d))]
+
     def grid(self, material_id: str, name: str = "total") -> h5py.Dataset:
         """The HDF5 dataset of one grid (read slices of it; ``[()]`` reads it all)."""
         g = self._group(material_id)
@@ -335,14 +352,10 @@ class Dataset:
             if name in g:
                 out[name] = g[name][()]
         if "augmentation" in g:
-            out["augmentation"] = {}
-            for block in g["augmentation"]:
-                values, offsets = g[f"augmentation/{block}/values"][()], g[f"augmentation/{block}/offsets"][()]
-                out["augmentation"][block] = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+            out["augmentation"] = {block: self.augmentation(material_id, block) for block in g["augmentation"]}
             out["augmentation_meta"] = self.augmentation_meta(material_id)
         if "paw_density_matrices" in g:
-            d = g["paw_density_matrices"]
-            out["density_matrices"] = [d[str(i)][()] for i in range(len(d))]
+            out["density_matrices"] = self.density_matrices(material_id)
         return out
 
     def __iter__(self) -> Iterator[str]:

@@ -26,19 +26,29 @@ import torch
 from e3nn import o3
 
 
+def orthogonal_map_to_e3nn(degree: int, harmonics, seed: int) -> np.ndarray:
+    """Orthogonal C with ``Y_e3nn(r) ∝ C · Y(r)``, fitted on random unit vectors.
+
+    ``harmonics(r)`` gives another real basis of the same degree at unit vectors r, (n, 2·degree+1);
+    only the orthogonal part of the fit is kept (the normalisations differ by a constant).
+    """
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal((64, 3))
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    y_e3nn = o3.spherical_harmonics(degree, torch.as_tensor(r), normalize=True, normalization="component").numpy()
+    c, *_ = np.linalg.lstsq(harmonics(r), y_e3nn, rcond=None)  # y_e3nn ≈ y @ c
+    u, _, vt = np.linalg.svd(c.T)
+    return u @ vt
+
+
 @cache
 def gpaw_to_e3nn(degree: int) -> np.ndarray:
     """Orthogonal C with ``Y_e3nn(r) ∝ C · Y_gpaw(r)`` for spherical harmonics of ``degree``."""
     from gpaw.sphere.spherical_harmonics import Y
 
-    rng = np.random.default_rng(degree)
-    r = rng.standard_normal((64, 3))
-    r /= np.linalg.norm(r, axis=1, keepdims=True)
-    y_gpaw = np.array([[Y(degree * degree + m, *v) for m in range(2 * degree + 1)] for v in r])
-    y_e3nn = o3.spherical_harmonics(degree, torch.as_tensor(r), normalize=True, normalization="component").numpy()
-    c, *_ = np.linalg.lstsq(y_gpaw, y_e3nn, rcond=None)  # y_e3nn ≈ y_gpaw @ c
-    u, _, vt = np.linalg.svd(c.T)
-    return u @ vt  # the orthogonal part (the two normalisations differ by a constant)
+    return orthogonal_map_to_e3nn(
+        degree, lambda r: np.array([[Y(degree * degree + m, *v) for m in range(2 * degree + 1)] for v in r]),
+        seed=degree)
 
 
 @cache

@@ -144,9 +144,9 @@ def occupancy_layouts(dataset: str | Path, ids: list[str], kind: str = "gpaw") -
 
     ds = Dataset(dataset)
     try:
-        numbers = sorted({int(z) for mid in ids for z in ds.header(mid)["numbers"]})
         if kind == "vasp":
             return _vasp_layouts(ds, ids)
+        numbers = sorted({int(z) for mid in ids for z in ds.header(mid)["numbers"]})
     finally:
         ds.close()
     from dftflow.ml.occupancy import gpaw_projector_l

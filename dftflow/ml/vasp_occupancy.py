@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from e3nn import o3
 
+from dftflow.ml.occupancy import orthogonal_map_to_e3nn
 from dftflow.vasp.potcar import rholm_blocks
 
 
@@ -51,14 +52,7 @@ def real_spherical_harmonics(degree: int, r: np.ndarray) -> np.ndarray:
 @cache
 def vasp_to_e3nn(degree: int) -> np.ndarray:
     """Orthogonal C with ``Y_e3nn(r) ∝ C · Y_vasp(r)`` for real spherical harmonics of ``degree``."""
-    rng = np.random.default_rng(100 + degree)
-    r = rng.standard_normal((64, 3))
-    r /= np.linalg.norm(r, axis=1, keepdims=True)
-    y_vasp = real_spherical_harmonics(degree, r)
-    y_e3nn = o3.spherical_harmonics(degree, torch.as_tensor(r), normalize=True, normalization="component").numpy()
-    c, *_ = np.linalg.lstsq(y_vasp, y_e3nn, rcond=None)
-    u, _, vt = np.linalg.svd(c.T)
-    return u @ vt
+    return orthogonal_map_to_e3nn(degree, lambda r: real_spherical_harmonics(degree, r), seed=100 + degree)
 
 
 @dataclass(frozen=True)
