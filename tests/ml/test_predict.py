@@ -71,3 +71,21 @@ def test_grid_orbits_hold_equal_values_of_a_real_vasp_density(shared: Path) -> N
     # the same check fails for orbits of a shifted grid (the map must be the right one)
     shifted = np.roll(chg.data["total"], 1, axis=0).reshape(-1)
     assert np.abs(shifted - shifted[orbits.representatives][orbits.inverse]).max() > 1e-2 * np.abs(rho).max()
+
+
+def test_checkpoints_from_before_the_lean_readout_still_load(shared: Path, tmp_path: Path) -> None:
+    """A checkpoint whose config predates ``scalar_readout`` holds the full last layer and loads as such."""
+    from dftflow.ml.predict import load_model
+
+    torch.manual_seed(2)
+    config = ModelConfig(num_interactions=2, mul=16, lmax=1, num_basis=8, radial_neurons=16, scalar_readout=False)
+    old = ChargE3Net(config).eval()
+    settings = config.to_dict()
+    del settings["scalar_readout"]
+    torch.save({"model_config": settings, "model": old.state_dict()}, tmp_path / "old.pt")
+    with pytest.raises(RuntimeError):  # the lean layer cannot hold these weights: the default would be wrong
+        ChargE3Net(ModelConfig(**settings)).load_state_dict(old.state_dict())
+    loaded, _ = load_model(tmp_path / "old.pt")
+    assert loaded.config.scalar_readout is False
+    s = Structure.from_file(shared / "fixtures" / "ecd_outcars" / "icsd-163383-O1Zn1_PBE" / "POSCAR")
+    np.testing.assert_array_equal(predict_grid(loaded, s, (4, 4, 4))["rho"], predict_grid(old, s, (4, 4, 4))["rho"])
