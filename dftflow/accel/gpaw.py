@@ -196,17 +196,14 @@ def run_predict(maker: PredictStartMaker, structure: Structure, *, uid: str = ""
     if model.occupancy_head is not None and model.occupancy_head.kind != "gpaw":
         occupancy_note = f"the occupancy head predicts {model.occupancy_head.kind} occupancies, not GPAW's"
     elif model.occupancy_head is not None:
-        from dftflow.errors import InputError
-        from dftflow.ml.predict import predict_occupancies
+        from dftflow.ml.predict import save_density_matrices
 
         t1 = time.perf_counter()
-        try:
-            matrices = predict_occupancies(model, structure)
-        except InputError as exc:  # an element the head never saw: the ML arm falls back (see _start)
-            occupancy_note = str(exc)
-        else:
-            occupancy_s = time.perf_counter() - t1
-            np.savez(workdir / "density_matrices.npz", **{f"D_{a}": D for a, D in enumerate(matrices)})
+        # an element the head never saw keeps the free atom's density matrix (GPAW's atomic guess)
+        unseen = save_density_matrices(model, structure, workdir / "density_matrices.npz")
+        occupancy_s = time.perf_counter() - t1
+        if unseen:
+            occupancy_note = f"atomic density matrices for {', '.join(unseen)} (not in the head's training data)"
     out = {"uid": uid, "rho": str(workdir / "rho.npy"), "diff": None, "grid": list(conv.grid),
            "seconds": round(result["seconds"], 3), "load_s": round(t_load, 3), "nelect": conv.nvalence,
            "electrons_predicted": result["electrons_predicted"], "scale": result["scale"],

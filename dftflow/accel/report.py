@@ -55,8 +55,10 @@ def material_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if prediction is not None:
             row["inference_s"] = prediction.get("seconds")
             row["inference_per_scf_iteration"] = prediction["seconds"] / row["scf_iteration_s"]
+            row["occupancy_s"], row["occupancy_note"] = prediction.get("occupancy_s"), prediction.get("occupancy_note")
             ml = arms.get("ml")
             if ml is not None:
+                row["occupancies_ml"] = ml.get("occupancies")
                 row["end_to_end_ratio_ml"] = (ml["wall_s"] + prediction["seconds"]) / default["wall_s"]
         rows.append(row)
     return rows

@@ -88,7 +88,13 @@ def predict(
     json_: JsonOpt = False,
 ) -> None:
     """Predict the full-grid density of any structure (no density file needed) and write a CHGCAR."""
-    from dftflow.ml.predict import default_grid, load_model, predict_density, write_prediction_chgcar
+    from dftflow.ml.predict import (
+        default_grid,
+        load_model,
+        predict_density,
+        save_density_matrices,
+        write_prediction_chgcar,
+    )
     from dftflow.ml.predict import predicted_augmentation as predict_blocks
 
     net, ckpt = load_model(model)
@@ -105,6 +111,10 @@ def predict(
         dest = out / structure_name(path) / "CHGCAR"
         dest.parent.mkdir(parents=True, exist_ok=True)
         augmentation, occupancies = predict_blocks(net, structure, spin=result["diff"] is not None)
+        if net.occupancy_head is not None and net.occupancy_head.kind == "gpaw":  # for a GPAW restart
+            unseen = save_density_matrices(net, structure, dest.parent / "density_matrices.npz")
+            occupancies = "predicted GPAW density matrices in density_matrices.npz" + (
+                f" (free-atom ones for {', '.join(unseen)}, which the head never saw)" if unseen else "")
         write_prediction_chgcar(structure, result["rho"], dest, diff=result["diff"], augmentation=augmentation)
         rows.append({"structure": str(path), "chgcar": str(dest), "grid": list(shape), "seconds": result["seconds"],
                      "electrons_predicted": result["electrons_predicted"], "nelect": target,

@@ -59,6 +59,10 @@ class ModelConfig(StrictModel):
     occupancy_layout: Literal["gpaw", "vasp"] = Field(
         default="gpaw", description="what the occupancy head predicts: GPAW density matrices or VASP's "
                                     "augmentation occupancies (the CHGCAR blocks)")
+    occupancy_reference: dict[str, list[float]] | None = Field(
+        default=None, description="per atomic number: the free atom's occupancies as irreps of its layout "
+        "(GPAW's atomic density matrix); the head then predicts the change from them. Filled in by training "
+        "(occupancy_delta); absent in checkpoints written before it")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -274,7 +278,7 @@ class OccupancyHead(nn.Module):
     """
 
     def __init__(self, irreps_in: o3.Irreps, layouts: dict[str, list[int]], mul: int = 8,
-                 kind: str = "gpaw") -> None:
+                 kind: str = "gpaw", reference: dict[str, list[float]] | None = None) -> None:
         super().__init__()
         from collections import Counter
 
@@ -301,14 +305,27 @@ class OccupancyHead(nn.Module):
                 begin = starts[(ir.l, ir.p)] + k * ir.dim
                 index.extend(range(begin, begin + ir.dim))
             self.register_buffer(f"index_{z}", torch.as_tensor(index, dtype=torch.long), persistent=False)
+        # the free atoms' occupancies, added per species (zeros without a reference): the learnt part is
+        # the change on bonding, as Δ-SAED does for the grid; derived from the config, so not in state_dict
+        table = torch.zeros(NUM_SPECIES, self.irreps_out.dim)
+        for z, values in (reference or {}).items():
+            index = self.index(int(z))
+            if len(values) != len(index):
+                raise ValueError(f"occupancy reference of Z={z}: {len(values)} values, its layout has {len(index)}")
+            table[int(z), index] = torch.as_tensor(values, dtype=table.dtype)
+        self.register_buffer("reference", table, persistent=False)
+        if reference:  # start from the reference itself: the output layers begin at zero (their gradients do not)
+            with torch.no_grad():
+                self.linear.weight.zero_()
+                self.tp.weight.zero_()
 
     def index(self, z: int) -> torch.Tensor:
         return getattr(self, f"index_{z}")
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """(n_atoms, irreps_out.dim): every atom's coefficients in the union layout."""
         x = self.pre(features)
-        return self.linear(features) + self.tp(x, x)
+        return self.reference[numbers.long()].to(features.dtype) + self.linear(features) + self.tp(x, x)
 
     def mask(self, numbers: torch.Tensor) -> torch.Tensor:
         """(n_atoms, irreps_out.dim) bool: the coefficients that belong to each atom's species."""
@@ -350,8 +367,8 @@ class ChargE3Net(nn.Module):
             self.probe_gates.append(pgate)
             atom_irreps, probe_irreps = new_atom_irreps, pgate.irreps_out
         self.readout = o3.Linear(probe_irreps, "0e + 0e" if c.spin else "0e")
-        self.occupancy_head = (OccupancyHead(atom_irreps, c.occupancy, kind=c.occupancy_layout) if c.occupancy
-                               else None)
+        self.occupancy_head = (OccupancyHead(atom_irreps, c.occupancy, kind=c.occupancy_layout,
+                                             reference=c.occupancy_reference) if c.occupancy else None)
 
     # -- geometry ---------------------------------------------------------------------------------
     @staticmethod
@@ -394,13 +411,13 @@ class ChargE3Net(nn.Module):
         out = self.readout(p)
         return out if self.config.spin else out[:, 0]
 
-    def occupancies(self, atoms: list[torch.Tensor]) -> torch.Tensor:
+    def occupancies(self, atoms: list[torch.Tensor], numbers: torch.Tensor) -> torch.Tensor:
         """Occupancy irreps of every atom (union layout, see :class:`OccupancyHead`) from the last atom layer."""
         if self.occupancy_head is None:
             raise ValueError("this model has no occupancy head (model.occupancy is not set)")
-        return self.occupancy_head(atoms[-1])
+        return self.occupancy_head(atoms[-1], numbers)
 
     def forward(self, batch: dict[str, torch.Tensor], with_occupancies: bool = False) -> Any:
         atoms = self.atom_features(batch)
         density = self.probe_density(batch, atoms)
-        return (density, self.occupancies(atoms)) if with_occupancies else density
+        return (density, self.occupancies(atoms, batch["numbers"])) if with_occupancies else density

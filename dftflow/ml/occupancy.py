@@ -142,6 +142,34 @@ def make_layout(kind: str, l_j: tuple[int, ...] | list[int]):
     raise ValueError(f"occupancy layout {kind!r}: gpaw or vasp")
 
 
+@cache
+def gpaw_atomic_density_matrix(symbol: str, xc: str = "PBE") -> np.ndarray:
+    """The spin-summed density matrix GPAW starts a free neutral atom with, in GPAW's basis.
+
+    GPAW's atomic guess puts the setup's reference occupations f_j on the diagonal of the bound
+    projectors (``calculate_initial_occupation_numbers`` + ``initialize_density_matrix``); a Hubbard
+    U or an initial moment does not change the spin sum. Equal to the ``D_asii`` summed over spins of
+    a calculation's superposition-of-atoms start (checked in the tests).
+    """
+    from gpaw.setup import create_setup
+    from gpaw.utilities import unpack_density
+
+    setup = create_setup(symbol, xc)
+    f_si = setup.calculate_initial_occupation_numbers(0.0, False, 0, 1)
+    return unpack_density(setup.initialize_density_matrix(f_si)[0])
+
+
+def gpaw_atomic_reference(layouts: dict[str, list[int]], xc: str = "PBE") -> dict[str, list[float]]:
+    """Per atomic number: the free atom's density matrix as irreps of its layout (the head's reference)."""
+    from pymatgen.core import Element
+
+    out = {}
+    for z, l_j in layouts.items():
+        D = gpaw_atomic_density_matrix(Element.from_Z(int(z)).symbol, xc)
+        out[str(z)] = OccupancyLayout(tuple(l_j)).to_irreps(D).tolist()
+    return out
+
+
 def gpaw_projector_l(symbols: list[str], xc: str = "PBE") -> dict[str, tuple[int, ...]]:
     """l_j of every species' PAW setup (a Hubbard U does not change the projectors)."""
     from gpaw.setup import create_setup

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,26 +125,48 @@ def predict_density(model: ChargE3Net, ckpt: dict[str, Any], structure: Any, gri
             "points_evaluated": result["points_evaluated"], "symmetry": result["symmetry"]}
 
 
-def predict_occupancies(model: ChargE3Net, structure: Any, *, dtype: torch.dtype = torch.float32) -> list[np.ndarray]:
+def predict_occupancies(model: ChargE3Net, structure: Any, *, dtype: torch.dtype = torch.float32,
+                        unknown: Callable[[str], np.ndarray] | None = None) -> list[np.ndarray]:
     """The occupancy head's prediction for every atom, in the engine's own layout.
 
     GPAW heads: spin-summed density matrices (GPAW's basis, one (ni, ni) array per atom);
     VASP heads: the augmentation occupancies of the total density (one flat block per atom, as in a CHGCAR).
+    An element the head never saw is an error, or, with ``unknown``, gets ``unknown(symbol)``
+    (e.g. the free atom's density matrix).
     """
     if model.occupancy_head is None:
         raise ValueError("this model predicts no occupancies (it was trained without occupancy_weight)")
     head = model.occupancy_head
     numbers = [site.specie.Z for site in structure]
     missing = sorted({z for z in numbers if z not in head.layouts})
-    if missing:
+    if missing and unknown is None:
         from dftflow.errors import InputError
 
         raise InputError(f"the occupancy head has no layout for Z={missing} (not in its training data)")
     batch = make_batch([{"cell": structure.lattice.matrix, "positions": structure.cart_coords, "numbers": numbers}],
                        model.config.cutoff, dtype=dtype)
     with torch.no_grad():
-        occ = model.occupancies(model.atom_features(batch)).double().numpy()
-    return [head.layouts[z].from_irreps(occ[a, head.index(z).numpy()]) for a, z in enumerate(numbers)]
+        occ = model.occupancies(model.atom_features(batch), batch["numbers"]).double().numpy()
+    return [head.layouts[z].from_irreps(occ[a, head.index(z).numpy()]) if z in head.layouts
+            else np.asarray(unknown(site.specie.symbol), dtype=float)
+            for a, (z, site) in enumerate(zip(numbers, structure, strict=True))]
+
+
+def save_density_matrices(model: ChargE3Net, structure: Any, path: Path) -> list[str]:
+    """A GPAW head's spin-summed density matrices of every atom → ``path`` (npz: ``D_<a>`` in GPAW's basis,
+    ``symbols``), the occupancies of a GPAW restart (``dftflow.gpaw.restart.GridConverter.state``).
+
+    An element the head never saw gets the free atom's matrix (GPAW's atomic guess); returns those elements.
+    """
+    from dftflow.ml.occupancy import gpaw_atomic_density_matrix
+
+    head = model.occupancy_head
+    if head is None or head.kind != "gpaw":
+        raise ValueError("this model has no GPAW occupancy head")
+    matrices = predict_occupancies(model, structure, unknown=gpaw_atomic_density_matrix)
+    symbols = [site.specie.symbol for site in structure]
+    np.savez(path, symbols=np.array(symbols), **{f"D_{a}": D for a, D in enumerate(matrices)})
+    return sorted({site.specie.symbol for site in structure if site.specie.Z not in head.layouts})
 
 
 def predicted_augmentation(model: ChargE3Net, structure: Any, *, spin: bool = False,

@@ -70,6 +70,10 @@ class TrainConfig(StrictModel):
     occupancy_weight: float = Field(default=0.0, ge=0,
                                     description="> 0: also learn the PAW occupancies (model.occupancy_layout)")
     freeze_density: bool = Field(default=False, description="train only the occupancy head (with init_from)")
+    occupancy_delta: bool = Field(
+        default=True, description="GPAW occupancies: learn the change from the free atoms' density matrices "
+        "(stored in model.occupancy_reference), so an untrained head gives GPAW's atomic guess; VASP "
+        "occupancies have no atomic reference here and are learnt whole")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -245,7 +249,7 @@ def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spin: bool,
           occupancy_weight: float = 0.0, density: bool = True) -> torch.Tensor:
     if not density:  # the density part is frozen: only the occupancy head learns, no probes needed
         raw = model.module if hasattr(model, "module") else model
-        return _occupancy_loss(raw.occupancies(raw.atom_features(batch)), batch)
+        return _occupancy_loss(raw.occupancies(raw.atom_features(batch), batch["numbers"]), batch)
     if occupancy_weight:
         pred, occ = model(batch, with_occupancies=True)
         occ_loss = _occupancy_loss(occ, batch)
@@ -272,7 +276,7 @@ def occupancy_errors(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: t
         for i in range(len(dataset)):
             item = dataset[i]
             batch = graph_batch([item], cfg.model.cutoff, dtype, None, head, probes=False)
-            occ = model.occupancies(model.atom_features(batch))
+            occ = model.occupancies(model.atom_features(batch), batch["numbers"])
             for a, z in enumerate(item["numbers"].tolist()):
                 layout = head.layouts[z]
                 D = layout.from_irreps(occ[a, head.index(z)].double().numpy())
@@ -353,6 +357,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     if cfg.occupancy_weight > 0 and not cfg.model.occupancy:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
             "occupancy": occupancy_layouts(cfg.data.dataset, train_set.ids + val_ids, cfg.model.occupancy_layout)})})
+    if (cfg.occupancy_weight > 0 and cfg.occupancy_delta and cfg.model.occupancy_layout == "gpaw"
+            and cfg.model.occupancy_reference is None):
+        from dftflow.ml.occupancy import gpaw_atomic_reference
+
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
+            "occupancy_reference": gpaw_atomic_reference(cfg.model.occupancy)})})
     train_set.occupancies = val_set.occupancies = cfg.model.occupancy_layout if cfg.occupancy_weight > 0 else False
     if cfg.freeze_density and not (cfg.init_from and cfg.occupancy_weight > 0):
         raise ConfigError("freeze_density trains only the occupancy head: it needs init_from and occupancy_weight > 0")
