@@ -72,6 +72,8 @@ def split(
     val: Annotated[float, typer.Option(help="Validation size per functional: a fraction or a count.")] = 0.05,
     hse_test: Annotated[float | None, typer.Option(help="Test size of the HSE06 densities (default --test).")] = None,
     hse_val: Annotated[float | None, typer.Option(help="Validation size of the HSE06 densities.")] = None,
+    cover_elements: Annotated[bool, typer.Option(help="Hold out only crystals whose elements stay in training "
+                                                      "(while the sizes allow).")] = True,
     workers: WorkersOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -86,11 +88,11 @@ def split(
     from dftflow.dataset.split import default_sizes, split_dataset
 
     data = split_dataset(dataset, seed=seed, test=test, val=val, sizes=default_sizes(hse_test, hse_val),
-                         workers=workers or 1)
+                         workers=workers or 1, cover_elements=cover_elements)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
     summary = {"out": str(out), "groups": data["groups"], "sets": {k: len(v) for k, v in data["sets"].items()},
-               "tasks": data["tasks"]}
+               "tasks": data["tasks"], "uncovered": data["uncovered"]}
     if json_:
         print_json(summary)
         return
@@ -98,6 +100,8 @@ def split(
     for name, members in data["sets"].items():
         table.add_row(name, str(len(members)))
     console.print(table)
+    for name, missing in data["uncovered"].items():
+        console.print(f"[yellow]{name}[/] has elements no training density has: {', '.join(missing)}")
     console.print(f"{data['groups']['count']} structure groups "
                   f"({data['groups']['with_duplicates']} with duplicates); tasks: {', '.join(data['tasks'])}")
     console.print(f"→ {out}")

@@ -15,6 +15,13 @@ validation or test — so no task ever tests on a crystal whose density, in any
 functional, was trained on. The rarest functional is assigned first, so its
 requested sizes are met exactly; the others fill up to theirs around it.
 
+With ``cover_elements`` (the default) a group is held out for validation or
+test only if each of its elements stays in some training group of the same
+functional, so that no held-out density has an element the model never saw.
+This only bites in small datasets. When it cannot meet a requested size, it
+holds out groups anyway and records the elements that training lacks
+(``uncovered``).
+
 The split is a pure function of the dataset's contents, the sizes and the seed.
 """
 
@@ -122,7 +129,7 @@ def read_entries(root: Path | str) -> list[dict[str, Any]]:
 def make_split(
     entries: list[dict[str, Any]], *, seed: int = 0, test: float = 0.1, val: float = 0.05,
     sizes: dict[str, dict[str, float]] | None = None, ltol: float = 0.2, stol: float = 0.3,
-    angle_tol: float = 5.0, workers: int = 1,
+    angle_tol: float = 5.0, workers: int = 1, cover_elements: bool = True,
 ) -> dict[str, Any]:
     """Assign every entry to ``<family>_<role>``; see the module docstring.
 
@@ -135,6 +142,21 @@ def make_split(
     totals = Counter(fam.values())
     groups = _groups(entries, ltol=ltol, stol=stol, angle_tol=angle_tol, workers=workers)
     order = np.random.default_rng(seed).permutation(len(groups))
+    elements = {e["material_id"]: {el.symbol for el in e["structure"].composition.elements} for e in entries}
+    # per family and element: the groups not held out that have a density of that family with that element
+    in_train: dict[str, Counter] = defaultdict(Counter)
+    for members in groups:
+        for f in {fam[m] for m in members}:
+            in_train[f].update(set().union(*(elements[m] for m in members if fam[m] == f)))
+
+    def keeps_coverage(gi: int) -> bool:
+        return all(in_train[fam[m]][el] > 1 for m in groups[gi] for el in elements[m])
+
+    def hold_out(gi: int, r: str) -> None:
+        role[gi] = r
+        for f in {fam[m] for m in groups[gi]}:
+            in_train[f].subtract(set().union(*(elements[m] for m in groups[gi] if fam[m] == f)))
+
     role: dict[int, str] = {}
     targets: dict[str, dict[str, int]] = {}
     # The rarest family first: its sizes are met exactly, the others fill around it.
@@ -147,17 +169,22 @@ def make_split(
         have = Counter()
         for gi, r in role.items():
             have[r] += sum(fam[m] == f for m in groups[gi])
+        # held out in seed order, first among the groups that keep every element in training (if asked)
+        for strict in ((True, False) if cover_elements else (False,)):
+            for gi in order:
+                n = sum(fam[m] == f for m in groups[gi])
+                if n == 0 or gi in role or (strict and not keeps_coverage(gi)):
+                    continue
+                if have["test"] < targets[f]["test"]:
+                    hold_out(gi, "test")
+                elif have["val"] < targets[f]["val"]:
+                    hold_out(gi, "val")
+                else:
+                    continue
+                have[role[gi]] += n
         for gi in order:
-            n = sum(fam[m] == f for m in groups[gi])
-            if n == 0 or gi in role:
-                continue
-            if have["test"] < targets[f]["test"]:
-                role[gi] = "test"
-            elif have["val"] < targets[f]["val"]:
-                role[gi] = "val"
-            else:
+            if gi not in role and any(fam[m] == f for m in groups[gi]):
                 role[gi] = "train"
-            have[role[gi]] += n
     sets: dict[str, list[str]] = defaultdict(list)
     group_of = {}
     for gi, members in enumerate(groups):
@@ -167,6 +194,9 @@ def make_split(
     for f in totals:
         for r in ROLES:
             sets.setdefault(f"{f}_{r}", [])
+    trained = {f: set().union(*(elements[m] for m in sets[f"{f}_train"])) for f in totals}
+    uncovered = {name: sorted(set().union(*(elements[m] for m in members)) - trained[name.split("_")[0]])
+                 for name, members in sets.items() if not name.endswith("_train")}
     from dftflow import __version__
 
     return {
@@ -175,11 +205,13 @@ def make_split(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dftflow_version": __version__,
         "settings": {"test": test, "val": val, "sizes": sizes or {}, "targets": targets,
+                     "cover_elements": cover_elements,
                      "matcher": {"ltol": ltol, "stol": stol, "angle_tol": angle_tol, "primitive_cell": True,
                                  "scale": True}},
         "groups": {"count": len(groups), "with_duplicates": sum(
             len({fam[m] for m in g}) < len(g) for g in groups)},
         "sets": {k: sorted(v) for k, v in sorted(sets.items())},
+        "uncovered": {k: v for k, v in sorted(uncovered.items()) if v},
         "tasks": {name: sets_ for name, sets_ in TASKS.items()
                   if all(s in sets and sets[s] for s in sets_.values() if s.endswith(("_train", "_test")))},
         "group_of": group_of,

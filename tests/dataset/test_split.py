@@ -154,3 +154,29 @@ def test_cli_split_on_a_dataset(tmp_path: Path) -> None:
     hse = data["sets"]["hse_test"][0]
     assert hse.replace("HSE06", "PBE") in data["sets"]["pbe_test"]
     assert json.loads(res.output)["sets"]["pbe_test"] == len(data["sets"]["pbe_test"]) >= 2
+
+
+def test_held_out_crystals_keep_their_elements_in_training(lib, split) -> None:
+    """Validation and test hold only elements the training set has, while the sizes allow; when they
+    do not, the sizes win and the split names the missing elements."""
+    assert split["settings"]["cover_elements"] is True and split["uncovered"] == {}
+    assert len(split["sets"]["hse_test"]) == 4 and len(split["sets"]["hse_val"]) == 2
+    pairs = [("Li", "F"), ("Li", "Cl"), ("Na", "F"), ("Na", "Cl"), ("K", "Br"), ("Cs", "I")]
+    small = [{"material_id": f"{c}{a}", "functional": "PBE", "formula": f"{c}{a}", "structure": rocksalt(c, a)}
+             for c, a in pairs]
+    plain = []
+    for seed in range(10):
+        covered = make_split(small, seed=seed, test=1, val=1)
+        held = covered["sets"]["pbe_test"] + covered["sets"]["pbe_val"]
+        assert covered["uncovered"] == {} and len(held) == 2, covered["sets"]
+        assert not {"KBr", "CsI"} & set(held)  # their elements occur nowhere else
+        plain.append(make_split(small, seed=seed, test=1, val=1, cover_elements=False)["uncovered"])
+    assert any(plain)  # without the rule some seeds hold out K, Br, Cs or I
+    # three held out cannot all be covered (two of LiF, LiCl, NaF, NaCl at most): sizes are kept, gaps named
+    tight = make_split(small, seed=0, test=2, val=1)
+    assert len(tight["sets"]["pbe_test"]) == 2 and len(tight["sets"]["pbe_val"]) == 1
+    by_id = {e["material_id"]: e["structure"] for e in small}
+    trained = {el.symbol for m in tight["sets"]["pbe_train"] for el in by_id[m].composition.elements}
+    for missing in tight["uncovered"].values():
+        assert missing and not set(missing) & trained
+    assert tight["uncovered"]
