@@ -177,6 +177,22 @@ def _vasp_layouts(ds: Any, ids: list[str]) -> dict[str, list[int]]:
     return {z: lj for z, (lj, _) in sorted(found.items(), key=lambda kv: int(kv[0]))}
 
 
+def unseen_elements(dataset: str | Path, train_ids: list[str], other_ids: list[str]) -> list[str]:
+    """Elements of ``other_ids`` that no material of ``train_ids`` has."""
+    from pymatgen.core import Element
+
+    from dftflow.dataset.store import Dataset
+
+    ds = Dataset(dataset)
+    try:
+        def elements(ids: list[str]) -> set[int]:
+            return {int(z) for mid in ids for z in ds.header(mid)["numbers"]}
+
+        return [Element.from_Z(z).symbol for z in sorted(elements(other_ids) - elements(train_ids))]
+    finally:
+        ds.close()
+
+
 def build_model(settings: ModelConfig | dict[str, Any]) -> ChargE3Net:
     return ChargE3Net(settings if isinstance(settings, ModelConfig) else ModelConfig(**settings))
 
@@ -354,6 +370,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     val_set = ProbeDataset(cfg.data.dataset, val_ids, n_probes=cfg.data.val_probes or None, seed=cfg.seed + 1)
     if len(train_set) == 0:
         raise ConfigError("the training set is empty")
+    unseen = unseen_elements(cfg.data.dataset, train_set.ids, val_ids)
+    if unseen and rank == 0:
+        import warnings
+
+        warnings.warn(f"validation materials hold elements no training material has ({', '.join(unseen)}): "
+                      "their validation error says nothing about the model (dataset split --cover-elements)",
+                      stacklevel=2)
     if cfg.occupancy_weight > 0 and not cfg.model.occupancy:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
             "occupancy": occupancy_layouts(cfg.data.dataset, train_set.ids + val_ids, cfg.model.occupancy_layout)})})
@@ -458,7 +481,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
             progress.advance()
     summary = {"steps": state.step, "final_loss": state.history[-1]["loss"] if state.history else None,
                "best_val_eps_mae": None if math.isinf(state.best_val) else state.best_val, "out": str(out),
-               "saed_fit_eps_mae": saed["fit_eps_mae"] if saed else None}
+               "saed_fit_eps_mae": saed["fit_eps_mae"] if saed else None, "val_unseen_elements": unseen}
     if cfg.occupancy_weight > 0 and rank == 0:
         summary["occupancy_mae"] = occupancy_errors(model, val_set if len(val_set) else train_set, cfg, dtype)
     if rank == 0:

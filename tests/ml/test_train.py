@@ -89,3 +89,18 @@ def test_two_process_ddp_equals_one_process(shared: Path, tmp_path: Path) -> Non
     assert losses(tmp_path / "out2") == pytest.approx(losses(tmp_path / "out1"), rel=1e-9)
     for key, value in runs[1].items():
         torch.testing.assert_close(runs[2][key], value, rtol=1e-9, atol=1e-12)
+
+
+def test_validation_on_elements_training_never_saw_is_flagged(shared: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for name, path in (("Si", shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz"),
+                       ("Li", shared / "fixtures" / "chgcar" / "Li_nospin.gz")):
+        (src / name).mkdir(parents=True)
+        shutil.copy(path, src / name / "CHGCAR.gz")
+    assert harvest(list(from_directory(src)), tmp_path / "ds")["stored"] == 2
+    cfg = config(tmp_path / "ds", tmp_path / "out", 2, val_every=2)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"val_ids": ["src|Li", "src|Si"]})})
+    with pytest.warns(UserWarning, match=r"elements no training material has \(Li\)"):
+        summary = train(cfg)
+    assert summary["val_unseen_elements"] == ["Li"]
+    assert train(config(tmp_path / "ds", tmp_path / "out2", 1))["val_unseen_elements"] == []
