@@ -27,6 +27,17 @@ def config(dataset: Path, out: Path, steps: int, **optim) -> TrainConfig:
         "seed": 3, "out": str(out)})
 
 
+def si_and_li(shared: Path, root: Path) -> Path:
+    """The real Si and Li CHGCARs of the fixtures harvested into ``root / "ds"``."""
+    src = root / "src"
+    for name, path in (("Si", shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz"),
+                       ("Li", shared / "fixtures" / "chgcar" / "Li_nospin.gz")):
+        (src / name).mkdir(parents=True)
+        shutil.copy(path, src / name / "CHGCAR.gz")
+    assert harvest(list(from_directory(src)), root / "ds")["stored"] == 2
+    return root / "ds"
+
+
 def losses(out: Path) -> list[float]:
     return [float(r["loss"]) for r in csv.DictReader((out / "log.csv").open())]
 
@@ -66,12 +77,7 @@ def test_two_process_ddp_equals_one_process(shared: Path, tmp_path: Path) -> Non
     import torch
     import yaml
 
-    src = tmp_path / "src"
-    for name, path in (("Si", shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz"),
-                       ("Li", shared / "fixtures" / "chgcar" / "Li_nospin.gz")):
-        (src / name).mkdir(parents=True)
-        shutil.copy(path, src / name / "CHGCAR.gz")
-    assert harvest(list(from_directory(src)), tmp_path / "ds")["stored"] == 2
+    si_and_li(shared, tmp_path)
     runs = {}
     for procs in (1, 2):
         cfg = config(tmp_path / "ds", tmp_path / f"out{procs}", 4).model_dump()
@@ -92,12 +98,7 @@ def test_two_process_ddp_equals_one_process(shared: Path, tmp_path: Path) -> Non
 
 
 def test_validation_on_elements_training_never_saw_is_flagged(shared: Path, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    for name, path in (("Si", shared / "fixtures" / "vasp" / "Si_static_with_chgcar" / "outputs" / "CHGCAR.gz"),
-                       ("Li", shared / "fixtures" / "chgcar" / "Li_nospin.gz")):
-        (src / name).mkdir(parents=True)
-        shutil.copy(path, src / name / "CHGCAR.gz")
-    assert harvest(list(from_directory(src)), tmp_path / "ds")["stored"] == 2
+    si_and_li(shared, tmp_path)
     cfg = config(tmp_path / "ds", tmp_path / "out", 2, val_every=2)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"val_ids": ["src|Li", "src|Si"]})})
     with pytest.warns(UserWarning, match=r"elements no training material has \(Li\)"):
