@@ -27,7 +27,7 @@ stamp=.venv/.dftflow-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q "torch==2.13.0"
-    .venv/bin/python -m pip install -q -e ".[ml,test,vasp]"
+    .venv/bin/python -m pip install -q -e ".[ml,test,vasp,atomate2]"
     touch "$stamp"
 fi
 # GPAW, the local DFT engine: compiled from source against Debian's libxc,
