@@ -309,9 +309,10 @@ def _resolve_mp(structure: Structure, iset: VaspInputSet, *, rung: int,
         incar = {k: v for k, v in dict(vis.incar).items()}
         kp = vis.kpoints
         symbols = list(vis.potcar_symbols)
+        ordered = vis.structure  # pymatgen sorts by electronegativity: POSCAR, POTCAR and LDAU lists agree
     mesh = [int(x) for x in kp.kpts[0]]
     return VaspInputs(dict(sorted(incar.items())), {"mesh": mesh, "style": str(kp.style.name), "rule": "pymatgen",
-                                                    "comment": kp.comment}, symbols, structure, iset.name, rung)
+                                                    "comment": kp.comment}, symbols, ordered, iset.name, rung)
 
 
 def write_inputs(inputs: VaspInputs, directory: Path, *, potcar_dir: Path | None = None) -> None:

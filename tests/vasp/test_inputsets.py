@@ -150,6 +150,21 @@ def test_mp_family_through_pymatgen(shared: Path) -> None:
     assert "LDAU" not in data["incar"] and data["incar"]["LASPH"] is True  # MP: U only with O or F
 
 
+def test_mp_sets_write_the_poscar_in_the_potcar_order(tmp_path: Path) -> None:
+    """pymatgen orders an MP set's POTCARs (and LDAU lists) by electronegativity: the POSCAR must follow."""
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.vasp import Poscar
+
+    from dftflow.vasp.inputs import resolve_inputs, write_inputs
+
+    feo = Structure(Lattice.cubic(4.3), ["O", "Fe"], [[0.5, 0.5, 0.5], [0, 0, 0]])  # anion first
+    inputs = resolve_inputs(feo, "mp-static")
+    write_inputs(inputs, tmp_path)
+    assert inputs.potcar_symbols == ["Fe_pv", "O"]
+    assert Poscar.from_file(tmp_path / "POSCAR").site_symbols == ["Fe", "O"]
+    assert inputs.incar["LDAUU"] == [5.3, 0]  # Fe's U first, as in the POTCAR
+
+
 def test_unknown_set_and_bad_structure_are_named(tmp_path: Path, shared: Path) -> None:
     bad = tmp_path / "POSCAR"
     bad.write_text("not a structure\n")
