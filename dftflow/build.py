@@ -95,11 +95,17 @@ def _accel_stage(recipe: Recipe, project: Project, workers: int, progress: Any) 
     assert cfg_a is not None and cfg_t is not None and recipe.dft is not None and recipe.harvest is not None
     materials = dataset_materials(project.root / recipe.harvest.out, project.root / "split.json", "pbe-id",
                                   cfg_a.subset)
-    report = accel_eval(project.root / cfg_a.out, materials, model=project.root / cfg_t.out / "checkpoint_best.pt",
+    if cfg_a.model is not None:
+        from dftflow.models import resolve_model
+
+        model = resolve_model(cfg_a.model)
+    else:
+        model = project.root / cfg_t.out / "checkpoint_best.pt"
+    report = accel_eval(project.root / cfg_a.out, materials, model=model,
                         arms=tuple(cfg_a.arms), inputset=recipe.dft.static, overrides=recipe.dft.overrides,
                         nfixed=cfg_a.nfixed, occupancies=cfg_a.occupancies, workers=workers,
                         on_tick=_ticker(progress, "accel"))
-    return {"report": str(project.root / cfg_a.out / "accel.json"), "summary": report["summary"],
+    return {"report": str(project.root / cfg_a.out / "accel.json"), "model": str(model), "summary": report["summary"],
             "materials": report["materials"], "problems": report["problems"], "arms": cfg_a.arms}
 
 

@@ -9,11 +9,12 @@ from pymatgen.core import Structure
 
 
 def gpaw_accel_flow(structure: Structure, uid: str, *, model: str, arms: tuple[str, ...], inputset: str,
-                    overrides: dict[str, Any] | None = None, nfixed: int = 3, occupancies: str = "auto") -> Flow:
+                    overrides: dict[str, Any] | None = None, nfixed: int = 3, occupancies: str = "auto",
+                    correction_scale: float | None = None) -> Flow:
     """default → predict → the other arms (each from the default's converged density and the prediction)."""
-    from dftflow.accel.gpaw import ARMS, GpawArmMaker, PredictStartMaker
+    from dftflow.accel.gpaw import ARMS, GpawArmMaker, PredictStartMaker, arm_scale
 
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if arm_scale(a)[0] not in ARMS]
     if unknown:
         raise ValueError(f"unknown arm(s) {', '.join(unknown)} (known: {', '.join(ARMS)})")
     common = {"inputset": inputset, "overrides": dict(overrides or {}), "nfixed": nfixed, "occupancies": occupancies}
@@ -21,8 +22,8 @@ def gpaw_accel_flow(structure: Structure, uid: str, *, model: str, arms: tuple[s
     jobs = [default]
     prediction = None
     if any(a.startswith("ml") for a in arms):
-        predict = PredictStartMaker(model=model, inputset=inputset, overrides=dict(overrides or {})).make(
-            structure, uid=uid)
+        predict = PredictStartMaker(model=model, inputset=inputset, overrides=dict(overrides or {}),
+                                    correction_scale=correction_scale).make(structure, uid=uid)
         jobs.append(predict)
         prediction = predict.output
     for arm in arms:

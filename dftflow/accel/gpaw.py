@@ -42,6 +42,26 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 
 
+def arm_scale(arm: str) -> tuple[str, float | None]:
+    """``ml@0.5`` → (``ml``, 0.5): the ``ml`` arm of a correction model with its correction scaled by 0.5
+    (what ``dftflow models calibrate`` compares); any other arm → (arm, None)."""
+    base, _, scale = arm.partition("@")
+    if not scale:
+        return arm, None
+    try:
+        value = float(scale)
+    except ValueError:
+        raise ValueError(f"arm {arm!r}: the part after '@' must be a number (ml@0.5)") from None
+    if base != "ml" or not 0 <= value <= 2:
+        raise ValueError(f"arm {arm!r}: only the ml arm takes a correction scale, between 0 and 2")
+    return base, value
+
+
+def arm_label(arm: str) -> str:
+    base, scale = arm_scale(arm)
+    return ARMS[base]["label"] + (f", correction × {scale:g}" if scale is not None else "")
+
+
 def _atoms_params(structure: Structure, inputset: str, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
     from dftflow.gpaw.jobs import _prepare
     from dftflow.inputsets import load_inputset, with_overrides
@@ -85,7 +105,8 @@ def _start(maker: GpawArmMaker, atoms: Any, params: dict[str, Any], reference: d
     """(start density, refresh occupancies, occupancy source) of an arm."""
     from dftflow.gpaw.restart import DensityState, GridConverter
 
-    if maker.arm == "default":
+    arm, scale = arm_scale(maker.arm)
+    if arm == "default":
         return None, False, "atomic"
     if reference is None:
         raise ValueError(f"arm {maker.arm} needs the default arm's converged density")
@@ -95,6 +116,10 @@ def _start(maker: GpawArmMaker, atoms: Any, params: dict[str, Any], reference: d
     if prediction is None:
         raise ValueError(f"arm {maker.arm} needs a prediction")
     conv = GridConverter(atoms, params)
+    if prediction.get("kind") == "correction":
+        return _corrected_start(arm, conv, truth, prediction, scale)
+    if scale is not None:
+        raise ValueError(f"arm {maker.arm}: a correction scale needs a correction model (data.target smooth_delta)")
     rho = np.load(prediction["rho"])
     diff = np.load(prediction["diff"]) if prediction.get("diff") else None
     if maker.arm == "ml-true-occ":
@@ -117,6 +142,37 @@ def _start(maker: GpawArmMaker, atoms: Any, params: dict[str, Any], reference: d
     raise ValueError(f"unknown arm {maker.arm!r} or occupancies {maker.occupancies!r}")
 
 
+def _corrected_start(arm: str, conv: Any, truth: Any, prediction: dict[str, Any],
+                     scale: float | None = None) -> tuple[Any, bool, str]:
+    """GPAW's atomic guess plus a correction model's change, scaled by the model's calibrated factor.
+
+    The smooth density and the density matrices are corrected directly (no
+    split of a total density), each spin channel by half of the spin-summed
+    change, so the start keeps the atomic guess's magnetisation. A zero
+    correction (or an element the model never saw: ``fallback``) is GPAW's
+    default start exactly.
+    """
+    from ase.units import Bohr
+
+    from dftflow.gpaw.restart import DensityState
+
+    atomic = conv.atomic
+    if prediction.get("fallback"):
+        return DensityState(atomic.nt_sR.copy(), [D.copy() for D in atomic.D_asii]), False, "atomic (fallback)"
+    scale = float(prediction.get("correction_scale", 1.0)) if scale is None else scale
+    nspins = atomic.nt_sR.shape[0]
+    delta = np.load(prediction["delta"]) * Bohr**3 * scale / nspins
+    nt = atomic.nt_sR + delta[None]
+    if arm == "ml-true-occ":
+        return DensityState(nt, [np.asarray(D, dtype=float).copy() for D in truth.D_asii]), False, "converged"
+    if arm == "ml-atomic-occ" or not prediction.get("delta_D"):
+        return DensityState(nt, [D.copy() for D in atomic.D_asii]), False, "atomic"
+    with np.load(prediction["delta_D"]) as data:
+        delta_D = [data[f"D_{a}"] for a in range(len(atomic.D_asii))]
+    D = [A + scale * dD[None] / nspins for A, dD in zip(atomic.D_asii, delta_D, strict=True)]
+    return DensityState(nt, D), False, "predicted change"
+
+
 def run_arm(maker: GpawArmMaker, structure: Structure, *, uid: str = "", reference: dict[str, Any] | None = None,
             prediction: dict[str, Any] | None = None) -> dict[str, Any]:
     from gpaw.new.scf import KohnShamConvergenceError
@@ -125,8 +181,9 @@ def run_arm(maker: GpawArmMaker, structure: Structure, *, uid: str = "", referen
     from dftflow.gpaw.params import EngineError, params_hash, versions
     from dftflow.gpaw.restart import scf_from_density, state_of
 
-    if maker.arm not in ARMS:
-        raise ValueError(f"unknown arm {maker.arm!r} (known: {', '.join(ARMS)})")
+    arm, _ = arm_scale(maker.arm)
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {maker.arm!r} (known: {', '.join(ARMS)}, ml@SCALE)")
     workdir = Path.cwd()
     atoms, params, iset = _atoms_params(structure, maker.inputset, maker.overrides)
     t0 = time.perf_counter()
@@ -140,7 +197,7 @@ def run_arm(maker: GpawArmMaker, structure: Structure, *, uid: str = "", referen
     dft = run["dft"]
     logged = gpaw_log_steps(log)
     out: dict[str, Any] = {
-        "uid": uid, "arm": maker.arm, "engine": "gpaw", "deployable": ARMS[maker.arm]["deployable"],
+        "uid": uid, "arm": maker.arm, "engine": "gpaw", "deployable": ARMS[arm]["deployable"],
         "occupancies": source, "energy": run["energy"], "natoms": len(atoms),
         "n_scf": run["n_scf"], "n_fixed": run["n_fixed"], "steps": run["n_scf"] + run["n_fixed"],
         "steps_log": {"fixed": logged.fixed, "scf": logged.scf},
@@ -171,6 +228,7 @@ class PredictStartMaker(Maker):
     model: str = ""
     inputset: str = "gpaw_pbe_static"
     overrides: dict[str, Any] = field(default_factory=dict)
+    correction_scale: float | None = None  # correction models: None takes the checkpoint's calibrated factor
 
     @job
     def make(self, structure: Structure, uid: str = "") -> dict[str, Any]:
@@ -181,7 +239,7 @@ def run_predict(maker: PredictStartMaker, structure: Structure, *, uid: str = ""
     import torch
 
     from dftflow.gpaw.restart import GridConverter
-    from dftflow.ml.predict import load_model, predict_density
+    from dftflow.ml.predict import is_correction_model, load_model, predict_density
 
     workdir = Path.cwd()
     atoms, params, _ = _atoms_params(structure, maker.inputset, maker.overrides)
@@ -190,6 +248,8 @@ def run_predict(maker: PredictStartMaker, structure: Structure, *, uid: str = ""
     t0 = time.perf_counter()
     model, ckpt = load_model(maker.model)
     t_load = time.perf_counter() - t0
+    if is_correction_model(ckpt):
+        return _predict_correction(maker, structure, conv, model, ckpt, workdir, uid=uid, t_load=t_load)
     result = predict_density(model, ckpt, structure, conv.grid, nelect=conv.nvalence)
     np.save(workdir / "rho.npy", result["rho"].astype(np.float64))
     occupancy_s, occupancy_note = None, None
@@ -214,5 +274,32 @@ def run_predict(maker: PredictStartMaker, structure: Structure, *, uid: str = ""
     if result["diff"] is not None:
         np.save(workdir / "diff.npy", result["diff"].astype(np.float64))
         out["diff"] = str(workdir / "diff.npy")
+    (workdir / "result.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _predict_correction(maker: PredictStartMaker, structure: Structure, conv: Any, model: Any, ckpt: dict[str, Any],
+                        workdir: Path, *, uid: str, t_load: float) -> dict[str, Any]:
+    """A correction model's prediction for the ``ml`` arms, or the fallback to the default start, with its reason."""
+    from dftflow.ml.predict import predict_correction, unseen_elements
+
+    out: dict[str, Any] = {"uid": uid, "kind": "correction", "grid": list(conv.grid), "nelect": conv.nvalence,
+                           "model": str(Path(maker.model).resolve()), "model_step": ckpt.get("step"),
+                           "load_s": round(t_load, 3), "delta": None, "delta_D": None, "fallback": None,
+                           "correction_scale": maker.correction_scale if maker.correction_scale is not None
+                           else float(ckpt.get("correction_scale", 1.0)), "seconds": 0.0, "occupancy_note": None}
+    unseen = unseen_elements(ckpt, structure)
+    if unseen:
+        out["fallback"] = f"default start: the model was not trained on {', '.join(unseen)}"
+    else:
+        result = predict_correction(model, ckpt, structure, conv.grid)
+        np.save(workdir / "delta.npy", result["delta"].astype(np.float64))
+        out.update(delta=str(workdir / "delta.npy"), seconds=round(result["seconds"], 3),
+                   points_evaluated=result["points_evaluated"])
+        if result["delta_D"] is not None:
+            np.savez(workdir / "delta_D.npz", **{f"D_{a}": D for a, D in enumerate(result["delta_D"])})
+            out["delta_D"] = str(workdir / "delta_D.npz")
+        else:
+            out["occupancy_note"] = "atomic density matrices (the model has no occupancy head)"
     (workdir / "result.json").write_text(json.dumps(out, indent=2))
     return out

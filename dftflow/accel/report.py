@@ -56,6 +56,8 @@ def material_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["inference_s"] = prediction.get("seconds")
             row["inference_per_scf_iteration"] = prediction["seconds"] / row["scf_iteration_s"]
             row["occupancy_s"], row["occupancy_note"] = prediction.get("occupancy_s"), prediction.get("occupancy_note")
+            row["fallback"] = prediction.get("fallback")  # the reason an ml arm got the default start
+            row["correction_scale"] = prediction.get("correction_scale")
             ml = arms.get("ml")
             if ml is not None:
                 row["occupancies_ml"] = ml.get("occupancies")
@@ -103,7 +105,7 @@ def plot(rows: list[dict[str, Any]], arms: tuple[str, ...], out: Path) -> list[s
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from dftflow.accel.gpaw import ARMS
+    from dftflow.accel.gpaw import arm_label
 
     done = [r for r in rows if "optimal_ratio" in r]
     if not done:
@@ -114,7 +116,7 @@ def plot(rows: list[dict[str, Any]], arms: tuple[str, ...], out: Path) -> list[s
     x = np.arange(len(done))
     for i, arm in enumerate(arms):
         values = [r.get(f"steps_{arm.replace('-', '_')}") or 0 for r in done]
-        ax.bar(x + (i - (len(arms) - 1) / 2) * width, values, width, label=ARMS[arm]["label"])
+        ax.bar(x + (i - (len(arms) - 1) / 2) * width, values, width, label=arm_label(arm))
     ax.set_xticks(x, [r["uid"] for r in done], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("electronic steps")
     ax.legend(fontsize=7)

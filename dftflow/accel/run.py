@@ -60,7 +60,7 @@ def collect(queue_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
 def accel_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path, engine: str = "gpaw",
                arms: tuple[str, ...], inputset: str | None = None, overrides: dict[str, Any] | None = None,
                nfixed: int | None = None, occupancies: str = "auto", workers: int = 1, figures: bool = True,
-               profile: str | None = None, dry_run: bool = False,
+               profile: str | None = None, dry_run: bool = False, correction_scale: float | None = None,
                on_tick: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
     """Run (or continue) the evaluation in ``out`` and write its report.
 
@@ -89,6 +89,8 @@ def accel_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path
     settings = {"engine": engine, "model": str(model.resolve()), "arms": list(arms), "inputset": inputset,
                 "overrides": overrides or {}, "nfixed": nfixed,
                 "occupancies": occupancies if engine == "gpaw" else "vasp-atomic"}
+    if correction_scale is not None:  # recorded only when set, so earlier evaluations stay comparable
+        settings["correction_scale"] = correction_scale
     settings_path = out / "settings.json"
     if settings_path.exists():
         previous = json.loads(settings_path.read_text())
@@ -101,7 +103,8 @@ def accel_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path
     def flow(uid: str, structure: Structure) -> Any:
         if engine == "gpaw":
             return gpaw_accel_flow(structure, uid, model=str(model.resolve()), arms=arms, inputset=inputset,
-                                   overrides=overrides, nfixed=nfixed, occupancies=occupancies)
+                                   overrides=overrides, nfixed=nfixed, occupancies=occupancies,
+                                   correction_scale=correction_scale)
         return vasp_accel_flow(structure, uid, model=str(model.resolve()), arms=arms, inputset=inputset,
                                incar_overrides=overrides, nfixed=nfixed)
 

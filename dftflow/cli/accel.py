@@ -9,6 +9,7 @@ import typer
 
 from dftflow.accel import DEFAULT_ARMS
 from dftflow.cli.common import JsonOpt, RichProgress, WorkersOpt, console, print_json, read_structure, structure_name
+from dftflow.cli.models import ModelOpt
 from dftflow.errors import InputError
 
 
@@ -26,7 +27,7 @@ def _overrides(items: list[str]) -> dict:
 
 def accel_eval(
     materials: Annotated[list[Path] | None, typer.Argument(help="Structure files (POSCAR, CIF, ...).")] = None,
-    model: Annotated[Path, typer.Option("--model", help="Checkpoint (checkpoint_best.pt).")] = Path("model.pt"),
+    model: ModelOpt = None,
     engine: Annotated[str, typer.Option(help="gpaw (local) or vasp (cluster profile).")] = "gpaw",
     out: Annotated[Path, typer.Option("--out", "-o", help="Evaluation directory (resumable).")] = Path("accel-eval"),
     dataset: Annotated[Path | None, typer.Option(help="Take materials from this dataset ...")] = None,
@@ -45,6 +46,9 @@ def accel_eval(
     occupancies: Annotated[str, typer.Option(help="Occupancy source of the deployable ML arm: predicted (the "
                                                   "model's occupancy head), predicted-refresh, refresh, atomic, "
                                                   "or auto (refresh, the best measured so far).")] = "auto",
+    correction_scale: Annotated[float | None, typer.Option(
+        min=0, max=2, help="Correction models: the factor on the predicted change to GPAW's atomic guess "
+                           "(default: the model's calibrated one); arms ml@0.5 etc. compare factors.")] = None,
     workers: WorkersOpt = None,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write PNG figures.")] = True,
     dry_run: Annotated[bool, typer.Option(help="VASP: write the launch scripts, do not sbatch.")] = False,
@@ -54,7 +58,9 @@ def accel_eval(
     from dftflow.accel.run import accel_eval as run
     from dftflow.accel.run import dataset_materials
     from dftflow.build import _ticker
+    from dftflow.models import resolve_model
 
+    checkpoint = resolve_model(model)
     items = []
     for path in materials or []:
         items.append((structure_name(path), read_structure(path)))
@@ -66,10 +72,10 @@ def accel_eval(
         raise InputError("no materials: give structure files or --dataset/--split")
     arm_list = tuple(a.strip() for a in arms.split(",") if a.strip())
     with RichProgress(enabled=not json_) as progress:
-        report = run(out.resolve(), items, model=model, engine=engine, arms=arm_list, inputset=inputset,
+        report = run(out.resolve(), items, model=checkpoint, engine=engine, arms=arm_list, inputset=inputset,
                      overrides=_overrides(set_ or []), nfixed=nfixed, occupancies=occupancies,
                      workers=workers or 1, figures=figures, profile=profile, dry_run=dry_run,
-                     on_tick=_ticker(progress))
+                     correction_scale=correction_scale, on_tick=_ticker(progress))
     if json_:
         print_json(report)
         return
@@ -83,6 +89,9 @@ def accel_eval(
     inference = summary.get("inference_per_scf_iteration")
     if inference and inference["n"]:
         console.print(f"inference: {inference['mean']:.2f} SCF iterations' time per material (mean)")
+    for row in report["materials"]:
+        if row.get("fallback"):
+            console.print(f"[yellow]{row['uid']}[/]: {row['fallback']}")
     for problem in report["problems"]:
         console.print(f"[red]{problem['uid']} {problem['job']}: {problem['state']}[/] {problem['error'] or ''}")
     for fig in report.get("figures", []):

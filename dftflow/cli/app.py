@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from dftflow import __version__
-from dftflow.cli import accel, build, candidates, dataset, inputs, jobs, ml, profiles, recipes, submit
+from dftflow.cli import accel, build, candidates, dataset, inputs, jobs, ml, models, profiles, recipes, submit
 from dftflow.cli.common import err_console
 from dftflow.errors import DftflowError
 
@@ -56,6 +56,7 @@ app.add_typer(candidates.app, name="candidates")
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(profiles.app, name="profiles")
 app.add_typer(inputs.app, name="inputs")
+app.add_typer(models.app, name="models")
 
 
 def main(argv: list[str] | None = None) -> int:

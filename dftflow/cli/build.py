@@ -62,6 +62,11 @@ def build_dataset(
         console.print(accel_table({"settings": {"arms": accel["arms"]}, "materials": accel["materials"]}))
         for problem in accel["problems"]:
             console.print(f"[red]{problem['uid']} {problem['job']}: {problem['state']}[/] {problem['error'] or ''}")
+        rows = [r for r in accel["materials"] if r.get("steps_ml") is not None]
+        if rows:
+            default, ml = sum(r["steps_default"] for r in rows), sum(r["steps_ml"] for r in rows)
+            console.print(f"model {accel['model']}: {ml} SCF steps from the ML start against {default} from the "
+                          f"default guess on {len(rows)} held-back material(s) ({1 - ml / default:+.0%} saved)")
         console.print(f"accel-eval report: {accel['report']}")
     for fig in summary.get("figures", []):
         console.print(f"figure: {fig}")

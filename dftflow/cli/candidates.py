@@ -45,9 +45,13 @@ def import_(
     json_: JsonOpt = False,
 ) -> None:
     """Import structures into a project's catalog (files already imported are skipped)."""
+    specs = [SourceSpec(type=type_, path=str(s.resolve()), label=label) for s in sources]  # type: ignore[arg-type]
+    _import(project, specs, workers, json_)
+
+
+def _import(project: Path, specs: list[SourceSpec], workers: int | None, json_: bool) -> None:
     proj = Project(project.resolve())
     base = project_recipe(proj)
-    specs = [SourceSpec(type=type_, path=str(s.resolve()), label=label) for s in sources]  # type: ignore[arg-type]
     recipe = Recipe(name=proj.root.name, sources=specs,
                     **({} if base is None else {"screening": base.screening, "selection": base.selection}))
     with proj.locked("candidates import"), RichProgress(enabled=not json_) as progress:
@@ -60,6 +64,51 @@ def import_(
     else:
         console.print(f"imported {summary['imported']} structures, {summary['failed']} failed "
                       f"({summary['skipped_tasks']} files already in the catalog)")
+
+
+@app.command("generate")
+def generate(
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write one CIF per candidate here (files already there are kept).")] = None,
+    prototype: Annotated[list[str] | None, typer.Option(
+        "--prototype", help="Prototype name, repeatable (default: all; see dftflow.sources.prototypes).")] = None,
+    elements: Annotated[str | None, typer.Option(
+        "--elements", help="Comma-separated allowed elements (default: those with a GPAW setup).")] = None,
+    max_atoms: Annotated[int, typer.Option("--max-atoms", min=1, help="Largest primitive cell.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the order (any prefix is diverse).")] = 0,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="The first N candidates.")] = None,
+    per_prototype: Annotated[int | None, typer.Option(
+        "--per-prototype", min=1, help="At most N decorations of each prototype.")] = None,
+    project: Annotated[Path | None, typer.Option(
+        "--project", "-p", help="Import the candidates into this project's catalog.")] = None,
+    label: Annotated[str, typer.Option("--label", help="Source name in the uids and provenance.")] = "prototypes",
+    workers: WorkersOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Decorate prototype crystals with charge-balanced or all-metal element combinations."""
+    from dftflow.config.recipe import PrototypeSettings
+    from dftflow.sources import prototypes as pt
+
+    if out is None and project is None:
+        raise InputError("candidates generate: give --out DIR, --project DIR or both")
+    symbols = None if elements is None else [e.strip() for e in elements.split(",") if e.strip()]
+    pt.select_prototypes(prototype, None), pt.select_elements(symbols)  # a clear error for unknown names
+    settings = PrototypeSettings(prototypes=prototype or None, elements=symbols, max_atoms=max_atoms, seed=seed,
+                                 limit=limit, per_prototype=per_prototype)
+    if out is not None:
+        summary = pt.write_cifs(out, pt.generate(**settings.model_dump()))
+        if json_:
+            print_json(summary)
+        else:
+            table = Table("prototype", "candidates")
+            for name, n in sorted(summary["per_prototype"].items()):
+                table.add_row(name, str(n))
+            console.print(table)
+            console.print(f"{summary['generated']} candidates over {len(summary['elements'])} elements: "
+                          f"{summary['written']} CIFs written, {summary['kept']} already in {out}")
+    if project is not None:
+        _import(project, [SourceSpec(type="prototypes", label=label, generate=settings)], workers,
+                json_ and out is None)
 
 
 def _step(stage: str, project: Path, recipe: str | None, workers: int | None, json_: bool) -> None:

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dftflow.cli.common import JsonOpt, RichProgress, console, print_json, read_structure, structure_name
+from dftflow.cli.common import JsonOpt, RichProgress, console, err_console, print_json, read_structure, structure_name
+from dftflow.cli.models import ModelOpt
 from dftflow.errors import InputError
 
 
@@ -65,17 +66,64 @@ def _nelect(structure: Any, how: str) -> float | None:
         return None
     if how != "auto":
         try:
-            return float(how)
+            value = float(how)
         except ValueError:
             raise InputError(f"--nelect {how!r}: auto, none or a number") from None
+        if not value > 0:
+            raise InputError(f"--nelect {how!r}: the electron count must be positive")
+        return value
     from dftflow.vasp.inputs import valence_electrons
 
     return float(valence_electrons(structure))
 
 
+def _grid(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"--grid {text!r}: expected nx,ny,nz (three positive integers)")
+    return shape  # type: ignore[return-value]
+
+
+#: A raw integral below this fraction of the electrons asked for is not a density worth rescaling.
+MIN_RAW_FRACTION = 1e-3
+
+
+def check_raw_electrons(name: str, electrons: float, nelect: float | None) -> None:
+    """Refuse to rescale a prediction whose integral is negative or tiny next to ``nelect``."""
+    if nelect is not None and electrons <= MIN_RAW_FRACTION * nelect:
+        raise InputError(f"{name}: the predicted density integrates to {electrons:.4g} electrons, not about "
+                         f"{nelect:g}; refusing to rescale it (the model does not describe this structure; "
+                         "--nelect none writes it as predicted)")
+
+
+def _usable_model(model: str | None, structures: list[tuple[Path, Any]], allow_unseen: bool) -> tuple[Any, ...]:
+    """The model, its checkpoint and, per structure, the elements it never saw; refusals come first."""
+    from dftflow.ml.predict import is_correction_model, load_model, unseen_elements
+    from dftflow.models import resolve_model
+
+    path = resolve_model(model)
+    label = model or path.stem
+    net, ckpt = load_model(path)
+    if is_correction_model(ckpt):
+        raise InputError(f"{label}: a correction model (target smooth_delta) predicts a change to GPAW's atomic "
+                         "guess, not a density a CHGCAR can hold; use it with `dftflow accel-eval --engine gpaw`")
+    unseen = [unseen_elements(ckpt, structure) for _, structure in structures]
+    for (src, _), missing in zip(structures, unseen, strict=True):
+        if missing and not allow_unseen:
+            raise InputError(f"{src}: the model {label} was not trained on {', '.join(missing)}; "
+                             "pass --allow-unseen to predict anyway")
+        if missing:
+            err_console.print(f"warning: {src}: the model {label} was not trained on {', '.join(missing)}; "
+                              "its density there is an extrapolation", highlight=False, soft_wrap=True)
+    return net, ckpt, unseen
+
+
 def predict(
     structures: Annotated[list[Path], typer.Argument(help="Structure files (POSCAR, CIF, ...).")],
-    model: Annotated[Path, typer.Option("--model", help="Checkpoint (checkpoint_best.pt).")],
+    model: ModelOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for <name>/CHGCAR.")] = Path("predicted"),
     grid: Annotated[str | None, typer.Option(help="Grid 'nx,ny,nz' (default: from --spacing).")] = None,
     spacing: Annotated[float, typer.Option(help="Largest grid spacing in Å when --grid is not given.")] = 0.1,
@@ -85,41 +133,43 @@ def predict(
                                                    "atom-probe edges, which bounds the memory).")] = None,
     symmetry: Annotated[bool, typer.Option(help="Evaluate one point per space-group orbit of the grid "
                                                 "and copy it to the others (same result, less work).")] = True,
+    allow_unseen: Annotated[bool, typer.Option(
+        "--allow-unseen", help="Predict structures with elements the model was not trained on (else refused).",
+    )] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Predict the full-grid density of any structure (no density file needed) and write a CHGCAR."""
     from dftflow.ml.predict import (
         default_grid,
-        load_model,
         predict_density,
         save_density_matrices,
         write_prediction_chgcar,
     )
     from dftflow.ml.predict import predicted_augmentation as predict_blocks
 
-    net, ckpt = load_model(model)
+    fixed = _grid(grid) if grid else None
+    items = [(path, read_structure(path)) for path in structures]
+    net, ckpt, unseen = _usable_model(model, items, allow_unseen)
     rows = []
-    for path in structures:
-        structure = read_structure(path)
-        shape = tuple(int(x) for x in grid.split(",")) if grid else default_grid(structure.lattice.matrix, spacing)
-        if len(shape) != 3:
-            raise InputError(f"--grid {grid!r}: expected nx,ny,nz")
+    for (path, structure), missing in zip(items, unseen, strict=True):
+        shape = fixed or default_grid(structure.lattice.matrix, spacing)
         target = _nelect(structure, nelect)
         with RichProgress(enabled=not json_) as progress:
             result = predict_density(net, ckpt, structure, shape, nelect=target, chunk=chunk,
                                      symmetry=symmetry, progress=progress)
+        check_raw_electrons(str(path), result["electrons_predicted"], target)
         dest = out / structure_name(path) / "CHGCAR"
         dest.parent.mkdir(parents=True, exist_ok=True)
         augmentation, occupancies = predict_blocks(net, structure, spin=result["diff"] is not None)
         if net.occupancy_head is not None and net.occupancy_head.kind == "gpaw":  # for a GPAW restart
-            unseen = save_density_matrices(net, structure, dest.parent / "density_matrices.npz")
+            free = save_density_matrices(net, structure, dest.parent / "density_matrices.npz")
             occupancies = "predicted GPAW density matrices in density_matrices.npz" + (
-                f" (free-atom ones for {', '.join(unseen)}, which the head never saw)" if unseen else "")
+                f" (free-atom ones for {', '.join(free)}, which the head never saw)" if free else "")
         write_prediction_chgcar(structure, result["rho"], dest, diff=result["diff"], augmentation=augmentation)
         rows.append({"structure": str(path), "chgcar": str(dest), "grid": list(shape), "seconds": result["seconds"],
                      "electrons_predicted": result["electrons_predicted"], "nelect": target,
                      "scale": result["scale"], "points_evaluated": result["points_evaluated"],
-                     "symmetry": result["symmetry"], "occupancies": occupancies})
+                     "symmetry": result["symmetry"], "occupancies": occupancies, "unseen_elements": missing})
     if json_:
         print_json(rows)
         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dftflow.accel import DEFAULT_ARMS
 from dftflow.config.base import StrictModel, load_yaml_model
@@ -19,21 +19,68 @@ Stage = Literal["import", "screen", "dedup", "select", "dft", "harvest", "train"
 STAGES: tuple[Stage, ...] = ("import", "screen", "dedup", "select", "dft", "harvest", "train", "accel")
 
 
+class PrototypeSettings(StrictModel):
+    """Decorated prototype crystals (dftflow.sources.prototypes), in a seeded order whose prefixes are diverse."""
+
+    prototypes: list[str] | None = Field(default=None, description="prototype names; null for all")
+    elements: list[str] | None = Field(default=None, description="allowed elements; null for GPAW's setups")
+    max_atoms: int | None = Field(default=8, gt=0, description="skip prototypes with larger primitive cells")
+    seed: int = 0
+    limit: int | None = Field(default=None, gt=0, description="the first N of the seeded order")
+    per_prototype: int | None = Field(default=None, gt=0, description="at most N decorations per prototype")
+
+    @field_validator("prototypes")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        from dftflow.sources.prototypes import BY_NAME
+
+        unknown = sorted(set(value or ()) - set(BY_NAME))
+        if unknown:
+            raise ValueError(f"unknown prototype(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+        return value
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, value: list[str] | None) -> list[str] | None:
+        from ase.data import atomic_numbers
+
+        unknown = sorted(s for s in value or () if s not in atomic_numbers or s == "X")
+        if unknown:
+            raise ValueError(f"unknown element(s): {', '.join(unknown)}")
+        return value
+
+
 class SourceSpec(StrictModel):
     """One structure source.
 
     ``type: cif`` takes a CIF file, a directory (searched recursively, COD mirror
     layouts included) or a zip/tar(.gz) archive of CIFs. ``diffcsp`` takes the
     ``eval_gen.pt``/``eval_diff.pt``/``eval_opt.pt`` files of DiffCSP, DiffCSP++ and
-    CDVAE. ``mattergen`` takes a zip of CIFs or an extxyz file.
+    CDVAE. ``mattergen`` takes a zip of CIFs or an extxyz file. ``prototypes``
+    generates decorated prototype crystals (no path; settings under ``generate``).
     """
 
-    type: Literal["cif", "diffcsp", "mattergen"]
-    path: str
+    type: Literal["cif", "diffcsp", "mattergen", "prototypes"]
+    path: str = Field(default="", description="file, directory or archive (not for type prototypes)")
     label: str | None = Field(
         default=None, description="database or generator name recorded as provenance (icsd, cod, ...)"
     )
     pattern: str = Field(default="*.cif", description="file glob inside directories")
+    generate: PrototypeSettings | None = Field(default=None, description="type prototypes: what to generate")
+
+    @model_validator(mode="after")
+    def _needs(self) -> SourceSpec:
+        if self.type == "prototypes":
+            if self.path:
+                raise ValueError("type prototypes takes no path (its settings go under 'generate')")
+            if self.generate is None:
+                self.generate = PrototypeSettings()
+        else:
+            if not self.path:
+                raise ValueError(f"type {self.type} needs a path")
+            if self.generate is not None:
+                raise ValueError("'generate' is only for type prototypes")
+        return self
 
 
 class OrderSettings(StrictModel):
@@ -145,6 +192,8 @@ class AccelSettings(StrictModel):
     """accel-eval of the trained model on the held-back (test) materials, with the DFT stage's settings."""
 
     subset: Literal["train", "val", "test"] = "test"
+    model: str | None = Field(default=None, description="a bundled model name or checkpoint path; "
+                              "null: the model the recipe's train stage made")
     arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
     nfixed: int = Field(default=3, ge=0)
     occupancies: Literal["auto", "predicted", "predicted-refresh", "refresh", "atomic"] = "auto"

@@ -153,7 +153,29 @@ def _load(item: HarvestItem) -> dict[str, Any]:
     if item.density_npz and Path(item.density_npz).exists():
         with np.load(item.density_npz) as data:
             record["density_matrices"] = [data[f"D_{a}"] for a in range(len(density.structure))]
+        guess = Path(item.density_npz).with_name("guess.npz")
+        if guess.exists():
+            record["smooth_delta"] = smooth_delta(Path(item.density_npz), guess, density.total.shape)
     return record
+
+
+def smooth_delta(density_npz: Path, guess_npz: Path, grid: tuple[int, ...]) -> np.ndarray:
+    """GPAW's converged smooth density minus the atomic guess it started from (e/Å³, spin summed).
+
+    Both are GPAW's own ``nt_sR`` on the calculation's grid (pseudo-core
+    included, no compensation charges): the quantity the SCF iterates on, and
+    the target of models that correct the engine's default start.
+    """
+    from ase.units import Bohr
+
+    from dftflow.errors import DensityError
+
+    with np.load(density_npz) as final, np.load(guess_npz) as start:
+        nt, nt0 = final["nt_sR"], start["nt_sR"]
+    if nt.shape != nt0.shape or tuple(nt.shape[1:]) != tuple(grid):
+        raise DensityError(f"{guess_npz}: atomic-guess grid {nt0.shape} does not match the density "
+                           f"{nt.shape} / CHGCAR grid {tuple(grid)}")
+    return (nt - nt0).sum(axis=0) / Bohr**3
 
 
 def augmentation_meta(density: Any, item: HarvestItem, meta: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,9 @@ class ProbeDataset(torch.utils.data.Dataset):
 
     ``ids`` picks materials (e.g. one set of a split); by default all. With
     ``n_probes=None`` every grid point is returned (small cells only — use
-    :func:`iter_grid` for big ones). ``spin=True`` adds the magnetisation
+    :func:`iter_grid` for big ones). ``target`` names the grid served as
+    ``density``: ``total`` (the CHGCAR density) or ``smooth_delta`` (GPAW's
+    smooth density minus its atomic guess). ``spin=True`` adds the magnetisation
     density (zeros for non-spin-polarised materials). ``occupancies``: add the
     PAW occupancy targets, ``"gpaw"`` (or True) the spin-summed density matrices
     (``density_matrices``), ``"vasp"`` the total augmentation occupancies of the
@@ -49,7 +51,7 @@ class ProbeDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: Path | str, ids: Sequence[str] | None = None, *, n_probes: int | None = 200,
                  seed: int = 0, spin: bool = False, dtype: torch.dtype = torch.float32,
-                 occupancies: bool | str = False) -> None:
+                 occupancies: bool | str = False, target: str = "total") -> None:
         self.root = Path(root)
         self.store = Dataset(self.root)
         known = set(self.store.ids())
@@ -60,6 +62,12 @@ class ProbeDataset(torch.utils.data.Dataset):
                              f"e.g. {missing[0]!r}")
         self.n_probes, self.seed, self.spin, self.dtype = n_probes, seed, spin, dtype
         self.occupancies = occupancies
+        self.target = target
+        if target != "total":
+            lacking = [i for i in self.ids if target not in self.store.header(i)["has"]]
+            if lacking:
+                raise InputError(f"{self.root}: {len(lacking)} material(s) have no {target!r} grid, e.g. "
+                                 f"{lacking[0]!r} (smooth_delta comes from GPAW runs that saved guess.npz)")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -74,7 +82,7 @@ class ProbeDataset(torch.utils.data.Dataset):
         lattice = np.asarray(head["lattice"], dtype=np.float64)
         shape = tuple(head["grid"])
         npoints = int(np.prod(shape))
-        total = self.store.grid(mid, "total")[()].reshape(-1)
+        total = self.store.grid(mid, self.target)[()].reshape(-1)
         if self.n_probes is None or self.n_probes >= npoints:
             flat = np.arange(npoints)
         else:

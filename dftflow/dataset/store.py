@@ -43,9 +43,13 @@ except ImportError:  # pragma: no cover - platforms without ISA-L wheels
         return zlib.compress(raw, 1)
 
 SCHEMA_VERSION = 1
-#: Additions that readers of ``SCHEMA_VERSION`` may ignore (absent attribute: 0). 1: ``augmentation`` attrs.
-SCHEMA_MINOR = 1
+#: Additions that readers of ``SCHEMA_VERSION`` may ignore (absent attribute: 0). 1: ``augmentation`` attrs;
+#: 2: the ``smooth_delta`` grid of GPAW materials.
+SCHEMA_MINOR = 2
 UNITS = "e/Angstrom^3"  # densities are stored as rho (electrons per cubic Angstrom), float32
+#: The grids a material may hold: the CHGCAR's total and spin densities, and (GPAW runs) the
+#: converged smooth density minus the atomic guess it started from (docs/dataset.md).
+GRIDS = ("total", "diff", "magnetisation", "smooth_delta")
 
 _MANIFEST = """
 CREATE TABLE IF NOT EXISTS materials(
@@ -202,6 +206,8 @@ class ShardWriter:
             nbytes += self._dataset(g, "diff", record["diff"])
         if record.get("magnetisation") is not None:
             nbytes += self._dataset(g, "magnetisation", record["magnetisation"])
+        if record.get("smooth_delta") is not None:
+            nbytes += self._dataset(g, "smooth_delta", record["smooth_delta"])
         s = g.create_group("structure")
         s.create_dataset("lattice", data=np.asarray(record["lattice"], dtype=np.float64))
         s.create_dataset("frac_coords", data=np.asarray(record["frac_coords"], dtype=np.float64))
@@ -300,7 +306,7 @@ class Dataset:
         out["grid"] = [int(x) for x in g.attrs["grid"]]
         s = g["structure"]
         out["lattice"], out["frac_coords"], out["numbers"] = s["lattice"][()], s["frac_coords"][()], s["numbers"][()]
-        out["has"] = [name for name in ("total", "diff", "magnetisation") if name in g]
+        out["has"] = [name for name in GRIDS if name in g]
         return out
 
     def augmentation_meta(self, material_id: str) -> dict[str, Any] | None:
@@ -348,7 +354,7 @@ class Dataset:
         g = self._group(material_id)
         out = self.header(material_id)
         del out["has"]
-        for name in ("total", "diff", "magnetisation"):
+        for name in GRIDS:
             if name in g:
                 out[name] = g[name][()]
         if "augmentation" in g:

@@ -7,6 +7,9 @@ Every calculation writes into its directory:
   ρ·V with x fastest (the VASP convention, so the rest of dftflow is
   engine-agnostic); spin-polarised runs add the magnetisation block;
 * ``density.npz`` — GPAW's own ``nt_sR`` and atomic density matrices, for exact restarts;
+* ``guess.npz`` — the same for the density the SCF started from (GPAW's
+  superposition of atoms for a default start): the baseline a model learns
+  corrections to;
 * ``result.json`` — energy, forces, stress, SCF iterations, electron count,
   and every setting and version that produced them.
 """
@@ -78,6 +81,7 @@ def run_static(structure: Structure, inputset: InputSet, workdir: Path | str, *,
     dft = run["dft"]
     state = state_of(dft)
     state.save(workdir / "density.npz")
+    run["initial"].save(workdir / "guess.npz")
     density_info = write_chgcar(dft, workdir / "CHGCAR")
     magmom, magmoms = 0.0, [0.0] * len(atoms)
     if params["spinpol"]:
@@ -101,7 +105,7 @@ def run_static(structure: Structure, inputset: InputSet, workdir: Path | str, *,
         "parameters": params,
         "parameters_hash": params_hash(params),
         "versions": versions(),
-        "files": {"chgcar": "CHGCAR", "density": "density.npz", "log": "gpaw.txt"},
+        "files": {"chgcar": "CHGCAR", "density": "density.npz", "guess": "guess.npz", "log": "gpaw.txt"},
     }
     (workdir / "result.json").write_text(json.dumps(result, indent=2))
     return result

@@ -165,7 +165,9 @@ def scf_from_density(atoms: Atoms, params: dict[str, Any], start: DensityState |
     of PAW occupancies for a predicted grid.
 
     Returns ``energy`` (eV), ``n_scf`` (iterations with density updates),
-    ``n_fixed`` (fixed-density steps done first), ``wall`` (s) and the ``dft`` object.
+    ``n_fixed`` (fixed-density steps done first), ``wall`` (s), the ``dft`` object
+    and ``initial``, the density the SCF started from (GPAW's atomic guess when
+    ``start`` is None).
     """
     from gpaw.new.calculation import DFT
     from gpaw.new.scf import KohnShamConvergenceError
@@ -182,6 +184,7 @@ def scf_from_density(atoms: Atoms, params: dict[str, Any], start: DensityState |
         for a, D_sii in density.D_asii.items():
             D_sii[:] = np.asarray(start.D_asii[a]).reshape(D_sii.shape)
         density.normalize(pot_calc.charge)  # exact neutrality for this (grid, D) pair
+    initial = DensityState(density.nt_sR.data.copy(), [density.D_asii[a].copy() for a in range(len(atoms))])
 
     potential, energies, _ = pot_calc.calculate_without_orbitals(density, kpt_band_comm=builder.communicators["D"])
     ibzwfs = builder.create_ibz_wave_functions(basis_set, potential)
@@ -205,4 +208,4 @@ def scf_from_density(atoms: Atoms, params: dict[str, Any], start: DensityState |
     dft.converge()
     energy = float(dft.calculate_energy())
     return {"energy": energy, "n_scf": int(scf_loop.niter), "n_fixed": done,
-            "wall": time.perf_counter() - t0, "dft": dft}
+            "wall": time.perf_counter() - t0, "dft": dft, "initial": initial}

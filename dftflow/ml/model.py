@@ -333,7 +333,7 @@ class OccupancyHead(nn.Module):
         for z in self.layouts:
             rows = (numbers == z).nonzero().flatten()
             if len(rows):
-                out[rows[:, None], self.index(z)[None, :]] = True
+                out[rows[:, None], self.index(z).to(out.device)[None, :]] = True
         return out
 
 

@@ -125,6 +125,46 @@ def predict_density(model: ChargE3Net, ckpt: dict[str, Any], structure: Any, gri
             "points_evaluated": result["points_evaluated"], "symmetry": result["symmetry"]}
 
 
+def is_correction_model(ckpt: dict[str, Any]) -> bool:
+    """Whether the checkpoint predicts a correction to GPAW's atomic guess (``data.target: smooth_delta``)."""
+    return ckpt.get("target") == "smooth_delta"
+
+
+def unseen_elements(ckpt: dict[str, Any], structure: Any) -> list[str]:
+    """Elements of ``structure`` that the model's training data did not have (empty when not recorded)."""
+    known = ckpt.get("train_numbers")
+    if known is None:
+        return []
+    return sorted({site.specie.symbol for site in structure if site.specie.Z not in set(known)})
+
+
+def predict_correction(model: ChargE3Net, ckpt: dict[str, Any], structure: Any, grid: tuple[int, int, int], *,
+                       chunk: int | None = None, symmetry: bool = True) -> dict[str, Any]:
+    """A correction model's change to GPAW's atomic guess on the calculation's grid.
+
+    Returns ``delta`` (e/Å³, spin summed: add to GPAW's superposition-of-atoms
+    smooth density), ``delta_D`` (one spin-summed (ni, ni) change of each atom's
+    density matrix from the free atom's, GPAW's basis; zeros without an occupancy
+    head), ``seconds`` and ``points_evaluated``. Nothing is rescaled: the atomic
+    guess already holds the valence electrons, and GPAW renormalises the sum.
+    """
+    if not is_correction_model(ckpt):
+        raise ValueError("this checkpoint predicts densities, not corrections to GPAW's atomic guess")
+    t0 = time.perf_counter()
+    result = predict_grid(model, structure, grid, chunk=chunk, symmetry=symmetry)
+    head = model.occupancy_head
+    delta_D = None
+    if head is not None and head.kind == "gpaw":
+        from dftflow.ml.occupancy import gpaw_atomic_density_matrix
+
+        # the change from the free atom (GPAW's own guess); an element the head never saw keeps the guess
+        delta_D = [np.zeros_like(D) if site.specie.Z not in head.layouts else D - gpaw_atomic_density_matrix(
+                   site.specie.symbol) for site, D in zip(structure, predict_occupancies(
+                       model, structure, unknown=gpaw_atomic_density_matrix), strict=True)]
+    return {"delta": result["rho"], "delta_D": delta_D, "seconds": time.perf_counter() - t0,
+            "points_evaluated": result["points_evaluated"], "symmetry": result["symmetry"]}
+
+
 def predict_occupancies(model: ChargE3Net, structure: Any, *, dtype: torch.dtype = torch.float32,
                         unknown: Callable[[str], np.ndarray] | None = None) -> list[np.ndarray]:
     """The occupancy head's prediction for every atom, in the engine's own layout.
@@ -196,7 +236,12 @@ def predicted_augmentation(model: ChargE3Net, structure: Any, *, spin: bool = Fa
 def rescale(rho: np.ndarray, volume: float, nelect: float) -> tuple[np.ndarray, float]:
     """Scale ρ so that it integrates to ``nelect``; returns the grid and the factor applied."""
     electrons = float(np.sum(rho, dtype=np.float64) * volume / rho.size)
-    factor = nelect / electrons if electrons > 0 else 1.0
+    if electrons <= 1e-3 * nelect:
+        from dftflow.errors import DensityError
+
+        raise DensityError(f"the predicted density integrates to {electrons:.4g} electrons, not about {nelect:g}: "
+                           "not rescaled (a model that has not learnt this material)")
+    factor = nelect / electrons
     return rho * factor, factor
 
 

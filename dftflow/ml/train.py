@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ class DataSettings(StrictModel):
     batch_size: int = Field(default=4, gt=0, description="structures per step (global, over all processes)")
     val_probes: int = Field(default=2000, ge=0, description="0: full grid")
     num_workers: int = 0
+    target: Literal["total", "smooth_delta"] = Field(
+        default="total", description="total: the CHGCAR density; smooth_delta: GPAW's smooth density minus "
+        "its atomic guess (a model of the correction to the engine's default start, docs/ml.md)")
 
 
 class OptimSettings(StrictModel):
@@ -55,6 +58,8 @@ class OptimSettings(StrictModel):
     val_every: int = Field(default=100, gt=0)
     checkpoint_every: int = Field(default=100, gt=0)
     grad_clip: float | None = None
+    max_seconds: float | None = Field(default=None, gt=0, description="stop (with a checkpoint and a validation) "
+                                      "after this much wall time of this run, whatever the step")
 
 
 class TrainConfig(StrictModel):
@@ -67,6 +72,7 @@ class TrainConfig(StrictModel):
     delta_saed: bool = Field(default=False, description="learn rho - rho_SAED (fitted atomic densities)")
     saed_probes: int = Field(default=4000, gt=0, description="points per training structure for the SAED fit")
     dtype: str = "float32"
+    device: str = Field(default="cpu", description="torch device of the model and batches (cpu, cuda, cuda:1)")
     occupancy_weight: float = Field(default=0.0, ge=0,
                                     description="> 0: also learn the PAW occupancies (model.occupancy_layout)")
     freeze_density: bool = Field(default=False, description="train only the occupancy head (with init_from)")
@@ -179,7 +185,7 @@ def _vasp_layouts(ds: Any, ids: list[str]) -> dict[str, list[int]]:
 
 def unseen_elements(dataset: str | Path, train_ids: list[str], other_ids: list[str]) -> list[str]:
     """Elements of ``other_ids`` that no material of ``train_ids`` has."""
-    from pymatgen.core import Element
+    from ase.data import chemical_symbols
 
     from dftflow.dataset.store import Dataset
 
@@ -188,7 +194,7 @@ def unseen_elements(dataset: str | Path, train_ids: list[str], other_ids: list[s
         def elements(ids: list[str]) -> set[int]:
             return {int(z) for mid in ids for z in ds.header(mid)["numbers"]}
 
-        return [Element.from_Z(z).symbol for z in sorted(elements(other_ids) - elements(train_ids))]
+        return [chemical_symbols[z] for z in sorted(elements(other_ids) - elements(train_ids))]
     finally:
         ds.close()
 
@@ -210,7 +216,7 @@ def occupancy_targets(numbers: np.ndarray, matrices: list[np.ndarray], head: Any
         if layout is None:
             raise ConfigError(f"the occupancy head has no layout for Z={int(z)}")
         try:
-            target[a, head.index(int(z)).numpy()] = layout.to_irreps(D)
+            target[a, head.index(int(z)).cpu().numpy()] = layout.to_irreps(D)
         except ValueError as exc:
             raise ConfigError(f"atom {a} (Z={int(z)}): {exc}") from exc
     return torch.as_tensor(target), head.mask(torch.as_tensor(np.asarray(numbers)))
@@ -245,6 +251,11 @@ def graph_batch(items: list[dict[str, Any]], cutoff: float, dtype: torch.dtype,
                                          [D for it in items for D in it[key]], head)
         batch["target_occupancy"], batch["occupancy_mask"] = target.to(dtype), mask
     return batch
+
+
+def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """The batch's tensors on ``device`` (graphs are built on the CPU)."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def epsilon_mae(pred: torch.Tensor, target: torch.Tensor, counts: torch.Tensor) -> list[float]:
@@ -283,7 +294,7 @@ def occupancy_errors(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: t
     occupancies, in the engine's own layout), per element, over ``dataset``."""
     from collections import defaultdict
 
-    from pymatgen.core import Element
+    from ase.data import chemical_symbols
 
     head = model.occupancy_head
     errors: dict[str, list[float]] = defaultdict(list)
@@ -291,13 +302,13 @@ def occupancy_errors(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: t
     with torch.no_grad():
         for i in range(len(dataset)):
             item = dataset[i]
-            batch = graph_batch([item], cfg.model.cutoff, dtype, None, head, probes=False)
-            occ = model.occupancies(model.atom_features(batch), batch["numbers"])
+            batch = to_device(graph_batch([item], cfg.model.cutoff, dtype, None, head, probes=False), cfg.device)
+            occ = model.occupancies(model.atom_features(batch), batch["numbers"]).cpu()
             for a, z in enumerate(item["numbers"].tolist()):
                 layout = head.layouts[z]
-                D = layout.from_irreps(occ[a, head.index(z)].double().numpy())
+                D = layout.from_irreps(occ[a, head.index(z).cpu()].double().numpy())
                 truth = item[OCCUPANCY_KEYS[head.kind]][a]
-                errors[Element.from_Z(z).symbol].append(float(np.abs(D - truth).mean()))
+                errors[chemical_symbols[z]].append(float(np.abs(D - truth).mean()))
     model.train()
     return {el: float(np.mean(v)) for el, v in sorted(errors.items())}
 
@@ -311,11 +322,11 @@ def validate(model: ChargE3Net, dataset: Any, cfg: TrainConfig, dtype: torch.dty
     model.eval()
     with torch.no_grad():
         for i in range(len(dataset)):
-            batch = graph_batch([dataset[i]], cfg.model.cutoff, dtype, saed)
+            batch = to_device(graph_batch([dataset[i]], cfg.model.cutoff, dtype, saed), cfg.device)
             pred = model(batch)
             pred = pred[:, 0] if cfg.model.spin else pred
             base = batch.get("baseline", torch.zeros_like(pred))
-            scores += epsilon_mae(pred + base, batch["target"] + base, batch["n_probes"])
+            scores += epsilon_mae((pred + base).cpu(), (batch["target"] + base).cpu(), batch["n_probes"].cpu())
     model.train()
     return float(np.mean(scores))
 
@@ -350,6 +361,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def model_card_fields(cfg: TrainConfig, train_set: Any) -> dict[str, Any]:
+    """What a checkpoint says about its data: the target, the atomic numbers it was trained on, how many materials.
+
+    ``train_numbers`` is what a deployed model checks a structure against: an element outside it
+    gets the engine's default start (docs/accel.md), never an extrapolation.
+    """
+    numbers = sorted({int(z) for mid in train_set.ids for z in train_set.store.header(mid)["numbers"]})
+    return {"target": cfg.data.target, "train_numbers": numbers, "train_materials": len(train_set.ids)}
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> dict[str, Any]:
     """Train (or fine-tune) per ``cfg``; returns the history and the best validation ε_mae."""
     from dftflow.dataset.loader import ProbeDataset
@@ -365,9 +386,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     if cfg.data.dataset is None:
         raise ConfigError("data.dataset: a dataset directory is needed")
     train_set = ProbeDataset(cfg.data.dataset, _ids(cfg, "train"), n_probes=cfg.data.n_probes, seed=cfg.seed,
-                             spin=cfg.model.spin)
+                             spin=cfg.model.spin, target=cfg.data.target)
     val_ids = _ids(cfg, "val") if (cfg.data.val_ids is not None or cfg.data.split) else []
-    val_set = ProbeDataset(cfg.data.dataset, val_ids, n_probes=cfg.data.val_probes or None, seed=cfg.seed + 1)
+    val_set = ProbeDataset(cfg.data.dataset, val_ids, n_probes=cfg.data.val_probes or None, seed=cfg.seed + 1,
+                           target=cfg.data.target)
+    if cfg.data.target != "total" and (cfg.delta_saed or cfg.model.spin):
+        raise ConfigError(f"data.target {cfg.data.target!r} is already a difference to the engine's atomic guess: "
+                          "it takes neither delta_saed nor model.spin")
     if len(train_set) == 0:
         raise ConfigError("the training set is empty")
     unseen = unseen_elements(cfg.data.dataset, train_set.ids, val_ids)
@@ -391,6 +416,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         raise ConfigError("freeze_density trains only the occupancy head: it needs init_from and occupancy_weight > 0")
     model = build_model(cfg.model).to(dtype)
     saed = None
+    device = torch.device(cfg.device)
     if cfg.init_from:
         ckpt = load_checkpoint(cfg.init_from)
         missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
@@ -406,10 +432,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
                          for i in range(len(fit_set))])
     elif not cfg.delta_saed:
         saed = None
-    extra = {"saed": saed}
+    extra = {"saed": saed, **model_card_fields(cfg, train_set)}
     if cfg.freeze_density:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith("occupancy_head.")
+    model.to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                   lambda step: 0.96 ** (step / cfg.optim.decay_steps))
@@ -428,7 +455,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         random.setstate(ckpt["rng"]["python"])
         if cfg.delta_saed:
             saed = ckpt.get("saed") or saed
-            extra = {"saed": saed}
+            extra = {**extra, "saed": saed}
     ddp_model: torch.nn.Module = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -441,12 +468,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     if progress is not None:
         progress.start("train", cfg.optim.max_steps - state.step)
     t_last, s_last = time.perf_counter(), state.step
+    t_start = t_last
+    deadline = math.inf if cfg.optim.max_seconds is None else t_start + cfg.optim.max_seconds
     while state.step < cfg.optim.max_steps:
+        out_of_time = time.perf_counter() >= deadline
         step = state.step
         train_set.set_epoch(step)
         mine = sampler.indices(step)[rank::world]
-        batch = graph_batch([train_set[i] for i in mine], cfg.model.cutoff, dtype, saed, model.occupancy_head,
-                            probes=not cfg.freeze_density)
+        batch = to_device(graph_batch([train_set[i] for i in mine], cfg.model.cutoff, dtype, saed,
+                                      model.occupancy_head, probes=not cfg.freeze_density), device)
         loss = _loss(ddp_model, batch, cfg.model.spin, cfg.occupancy_weight, density=not cfg.freeze_density)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -461,7 +491,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
             torch.distributed.all_reduce(t)
             value = float(t) / world
         row = {"step": state.step, "loss": value, "lr": scheduler.get_last_lr()[0]}
-        if state.step % cfg.optim.val_every == 0 or state.step == cfg.optim.max_steps:
+        last_step = state.step == cfg.optim.max_steps or out_of_time
+        if state.step % cfg.optim.val_every == 0 or last_step:
             now = time.perf_counter()
             row["steps_per_s"] = (state.step - s_last) / max(now - t_last, 1e-9)
             t_last, s_last = now, state.step
@@ -475,11 +506,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
             with open(log_path, "a", newline="") as fh:
                 csv.writer(fh).writerow([row["step"], f"{row['loss']:.6g}", f"{row['lr']:.6g}",
                                          f"{row.get('steps_per_s', ''):}", row.get("val_eps_mae", "")])
-            if state.step % cfg.optim.checkpoint_every == 0 or state.step == cfg.optim.max_steps:
+            if state.step % cfg.optim.checkpoint_every == 0 or last_step:
                 save_checkpoint(last, model, optimizer, scheduler, state, cfg, extra)
         if progress is not None:
             progress.advance()
-    summary = {"steps": state.step, "final_loss": state.history[-1]["loss"] if state.history else None,
+        if out_of_time:
+            break
+    summary = {"steps": state.step, "seconds": round(time.perf_counter() - t_start, 1),
+               "stopped_by_time": state.step < cfg.optim.max_steps, "device": str(device),
+               "final_loss": state.history[-1]["loss"] if state.history else None,
                "best_val_eps_mae": None if math.isinf(state.best_val) else state.best_val, "out": str(out),
                "saed_fit_eps_mae": saed["fit_eps_mae"] if saed else None, "val_unseen_elements": unseen}
     if cfg.occupancy_weight > 0 and rank == 0:

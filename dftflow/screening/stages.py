@@ -63,7 +63,8 @@ def _tasks(recipe: Recipe, done: set[str], failures: list[Imported]) -> list[Imp
         path = recipe.source_path(spec)
         label = spec.label or spec.type
         try:
-            for task in discover(spec.type, path, label, spec.pattern):
+            settings = spec.generate.model_dump() if spec.generate is not None else None
+            for task in discover(spec.type, path, label, spec.pattern, settings):
                 if task.uid not in done:
                     tasks.append(task)
         except DftflowError as exc:

@@ -53,8 +53,15 @@ def _matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatch(base, pattern.lower())
 
 
-def discover(kind: str, path: Path, label: str, pattern: str = "*.cif") -> Iterator[ImportTask]:
-    """Yield import tasks for one source of ``kind`` (``cif``, ``diffcsp``, ``mattergen``)."""
+def discover(kind: str, path: Path, label: str, pattern: str = "*.cif",
+             generate: dict[str, Any] | None = None) -> Iterator[ImportTask]:
+    """Yield import tasks for one source of ``kind`` (``cif``, ``diffcsp``, ``mattergen``, ``prototypes``).
+
+    ``generate`` holds the keyword arguments of :func:`dftflow.sources.prototypes.generate`.
+    """
+    if kind == "prototypes":
+        yield from _discover_prototypes(label, generate or {})
+        return
     if not path.exists():
         raise InputError(f"{path}: source not found")
     if kind == "cif":
@@ -150,6 +157,17 @@ def _discover_extxyz(path: Path, label: str) -> Iterator[ImportTask]:
         index = arrays.pop("index")
         prov = {"source": label, "file": str(path), "generator": label, "index": index}
         yield ImportTask("arrays", f"{label}:{path.name}:{index}", prov, arrays=arrays)
+
+
+def _discover_prototypes(label: str, settings: dict[str, Any]) -> Iterator[ImportTask]:
+    from dftflow.sources.prototypes import GENERATOR, VERSION, generate
+
+    for c in generate(**settings):
+        prov = {"source": label, "generator": GENERATOR, "generator_version": VERSION,
+                "prototype": c.prototype, "elements": list(c.elements), "seed": settings.get("seed", 0),
+                "rank": c.rank, "oxidation_states": None if c.oxidation_states is None else list(c.oxidation_states)}
+        arrays = {"lattice": c.lattice.tolist(), "numbers": c.numbers, "frac_coords": c.frac_coords.tolist()}
+        yield ImportTask("arrays", c.uid(label), prov, arrays=arrays)
 
 
 def _read_text(path: str | None, data: bytes | None) -> str:

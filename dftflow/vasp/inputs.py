@@ -14,6 +14,7 @@ was read from, in ``docs/inputsets.md``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,32 +213,39 @@ def resolve_inputs(
     return VaspInputs(dict(sorted(incar.items())), kp, potcar_symbols, structure, iset.name, rung, notes)
 
 
-# Valence electrons (ZVAL) of PAW_PBE datasets where the rule in _zval is wrong.
-_ZVAL = {"He": 2, "Li_sv": 3, "La": 11, "Ce": 12, "Eu_2": 8, "Yb_2": 8, "Ac": 11, "Th": 12, "Pa": 13, "U": 14,
-         "Np": 15, "Pu": 16}
+@functools.cache
+def _zval_table(functional: str) -> dict[str, int]:
+    """POTCAR symbol → ZVAL of one of pymatgen's POTCAR libraries (its POTCAR summary data, no POTCAR files)."""
+    from pymatgen.io.vasp.inputs import _load_potcar_summary_stats
+
+    stats = _load_potcar_summary_stats()
+    if functional not in stats:
+        raise ConfigError(f"POTCAR functional {functional!r}: unknown (pymatgen knows {', '.join(sorted(stats))})")
+    return {entry["symbol"]: int(round(entry["ZVAL"])) for titles in stats[functional].values() for entry in titles}
 
 
-def _zval(symbol: str, potcar: str | None) -> int:
-    """Valence electrons of a PAW_PBE dataset from its name: the spin rule needs the parity of the total."""
-    if (potcar or symbol) in _ZVAL:
-        return _ZVAL[potcar or symbol]
-    el = Element(symbol)
-    suffix = (potcar or symbol)[len(symbol):]
-    if el.block == "s":
-        base = el.group
-    elif el.block == "p":
-        base = el.group - 10
-        if suffix == "_d":
-            base += 10
-    elif el.block == "d":
-        base = el.group
-    else:
-        base = 11 if suffix == "_3" else (10 if suffix == "_2" else 3)
-    if suffix in ("_pv",) and el.block in "sd":
-        base += 6
-    if suffix == "_sv" and el.block in "sd":
-        base += 8
-    return base
+def zval(potcar: str, functional: str = "PBE") -> int:
+    """Valence electrons (ZVAL) of the PAW dataset ``potcar`` (e.g. ``Fe_pv``) of the library ``functional``.
+
+    ``functional`` is pymatgen's name of the POTCAR library: ``PBE`` (the
+    PAW_PBE datasets the ECD runs used), ``PBE_54``, ``PBE_64``, ``LDA_54``, ...
+    """
+    table = _zval_table(functional)
+    if potcar not in table:
+        element = potcar.split("_")[0]
+        near = sorted(s for s in table if s.split("_")[0] == element)
+        raise ConfigError(f"POTCAR {potcar!r}: not in the {functional} library"
+                          + (f" (it has {', '.join(near)})" if near else ""))
+    return table[potcar]
+
+
+def potcar_functional(iset: VaspInputSet) -> str:
+    """The POTCAR library of an input set: PAW_PBE for the ECD family, the pymatgen set's own for MP sets."""
+    if iset.family == "mp":
+        from pymatgen.io.vasp import sets
+
+        return getattr(sets, iset.pymatgen_set or "", sets.MPRelaxSet).CONFIG.get("POTCAR_FUNCTIONAL", "PBE")
+    return "PBE"
 
 
 def _potcar_table(iset: VaspInputSet, symbols: list[str]) -> dict[str, str]:
@@ -255,11 +263,18 @@ def valence_electrons(structure: Structure, inputset: VaspInputSet | str | Path 
     """Valence electrons of ``structure`` with the PAW datasets of ``inputset`` (without POTCAR files)."""
     iset = inputset if isinstance(inputset, VaspInputSet) else load_vasp_inputset(inputset)
     symbols = [site.specie.symbol for site in structure]
-    return _electrons(symbols, _potcar_table(iset, sorted(set(symbols))))
+    if iset.family == "mp":
+        from pymatgen.io.vasp import sets
+
+        table = getattr(sets, iset.pymatgen_set or "", sets.MPRelaxSet).CONFIG.get("POTCAR", {})
+        potcar_of = {s: table.get(s, s) for s in set(symbols)}
+    else:
+        potcar_of = _potcar_table(iset, sorted(set(symbols)))
+    return _electrons(symbols, potcar_of, potcar_functional(iset))
 
 
-def _electrons(symbols: list[str], potcar_of: dict[str, str]) -> int:
-    return sum(_zval(s, potcar_of.get(s)) for s in symbols)
+def _electrons(symbols: list[str], potcar_of: dict[str, str], functional: str = "PBE") -> int:
+    return sum(zval(potcar_of.get(s, s), functional) for s in symbols)
 
 
 def _spin(structure: Structure, spin: SpinSettings, potcar_of: dict[str, str], previous: dict[str, Any] | None,
