@@ -40,7 +40,12 @@ def build_dataset(
                           f"(random subset: {info['tv_distance_random']:.3f})")
     dft = summary["stages"].get("dft")
     if dft:
-        console.print(dft_table(dft["results"], title=f"{loaded.name}: DFT ({loaded.dft.engine}, local)"))
+        if len(dft["results"]) <= 100:  # a campaign's table is `dftflow status`'s job
+            console.print(dft_table(dft["results"], title=f"{loaded.name}: DFT ({loaded.dft.engine}, local)"))
+        c = dft["cost"]
+        if c["completed"]:
+            console.print(f"cost per structure: median {c['median_s']} s, mean {c['mean_s']} s, slowest "
+                          f"{c['max_s']} s; {c['core_hours']} core-hours in all (failed runs included)")
         counts = dft["jobs"]
         console.print(f"jobs: {counts['COMPLETED']} completed, {counts['FAILED']} failed, {counts['LOST']} lost"
                       + ("; `dftflow status` shows why, `dftflow retry` runs them again"

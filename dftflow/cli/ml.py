@@ -11,7 +11,7 @@ import typer
 
 from dftflow.cli.common import JsonOpt, RichProgress, console, err_console, print_json, read_structure, structure_name
 from dftflow.cli.models import ModelOpt
-from dftflow.errors import InputError
+from dftflow.errors import DensityError, InputError
 
 
 def _overrides(items: list[str] | None) -> dict[str, Any]:
@@ -87,18 +87,6 @@ def _grid(text: str) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-#: A raw integral below this fraction of the electrons asked for is not a density worth rescaling.
-MIN_RAW_FRACTION = 1e-3
-
-
-def check_raw_electrons(name: str, electrons: float, nelect: float | None) -> None:
-    """Refuse to rescale a prediction whose integral is negative or tiny next to ``nelect``."""
-    if nelect is not None and electrons <= MIN_RAW_FRACTION * nelect:
-        raise InputError(f"{name}: the predicted density integrates to {electrons:.4g} electrons, not about "
-                         f"{nelect:g}; refusing to rescale it (the model does not describe this structure; "
-                         "--nelect none writes it as predicted)")
-
-
 def _usable_model(model: str | None, structures: list[tuple[Path, Any]], allow_unseen: bool) -> tuple[Any, ...]:
     """The model, its checkpoint and, per structure, the elements it never saw; refusals come first."""
     from dftflow.ml.predict import is_correction_model, load_model, unseen_elements
@@ -155,9 +143,11 @@ def predict(
         shape = fixed or default_grid(structure.lattice.matrix, spacing)
         target = _nelect(structure, nelect)
         with RichProgress(enabled=not json_) as progress:
-            result = predict_density(net, ckpt, structure, shape, nelect=target, chunk=chunk,
-                                     symmetry=symmetry, progress=progress)
-        check_raw_electrons(str(path), result["electrons_predicted"], target)
+            try:
+                result = predict_density(net, ckpt, structure, shape, nelect=target, chunk=chunk,
+                                         symmetry=symmetry, progress=progress)
+            except DensityError as exc:  # a raw count not worth rescaling: name the file, write nothing
+                raise InputError(f"{path}: {exc}; --nelect none writes it as predicted") from exc
         dest = out / structure_name(path) / "CHGCAR"
         dest.parent.mkdir(parents=True, exist_ok=True)
         augmentation, occupancies = predict_blocks(net, structure, spin=result["diff"] is not None)

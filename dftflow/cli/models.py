@@ -86,6 +86,7 @@ def calibrate_model(
     bundle: Annotated[str | None, typer.Option(help="Then strip the checkpoint into the package's bundled "
                                                     "models under this name, with its card.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many materials of the subset.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Choose the factor on a correction model's predicted change from SCF runs on validation materials."""
@@ -101,7 +102,7 @@ def calibrate_model(
     except ValueError:
         raise InputError(f"--scales {scales!r}: comma-separated numbers (0.5,1)") from None
     path = Path(checkpoint)
-    items = dataset_materials(Path(dataset), Path(split), task, subset)
+    items = dataset_materials(Path(dataset), Path(split), task, subset)[:limit]
     result = calibrate(path, Path(out).resolve(), items, scales=factors, max_ratio=max_ratio,
                        overrides=_overrides(set_ or []), nfixed=nfixed, workers=workers)
     if write or bundle:

@@ -97,6 +97,7 @@ class ProbeDataset(torch.utils.data.Dataset):
             "probe_index": torch.as_tensor(flat),
             "probe_positions": torch.as_tensor(grid_fractional(shape, flat) @ lattice, dtype=self.dtype),
             "density": torch.as_tensor(total[flat], dtype=self.dtype),
+            "density_scale": torch.as_tensor(float(np.abs(total).mean()), dtype=self.dtype),  # of the whole grid
         }
         if self.spin:
             diff = (self.store.grid(mid, "diff")[()].reshape(-1)[flat] if "diff" in head["has"]

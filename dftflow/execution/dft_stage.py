@@ -52,7 +52,25 @@ def run_dft(project: Project, catalog: Catalog, settings: DftSettings, *, worker
             on_tick: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
     queued = queue_flows(project, catalog, settings)
     counts = run_workers(project.root / "jobs.sqlite", project.root, workers, on_tick=on_tick)
-    return {**queued, "jobs": counts, "results": results(project)}
+    rows = results(project)
+    return {**queued, "jobs": counts, "results": rows, "cost": cost(rows)}
+
+
+def cost(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the calculations cost: wall seconds per structure (median, mean, slowest) and core-hours in all.
+
+    Failed jobs count with the time they ran (``seconds`` of the queue's start and finish), since that
+    time is spent too; runs are single-threaded, so wall time is core time.
+    """
+    import statistics
+
+    done = [r["wall_s"] for r in rows if r["state"] == "COMPLETED" and r.get("wall_s") is not None]
+    spent = sum(r.get("seconds") or 0.0 for r in rows)
+    if not done:
+        return {"completed": 0, "core_hours": round(spent / 3600, 3)}
+    return {"completed": len(done), "failed": sum(r["state"] in ("FAILED", "LOST") for r in rows),
+            "median_s": round(statistics.median(done), 1), "mean_s": round(statistics.fmean(done), 1),
+            "max_s": round(max(done), 1), "core_hours": round(spent / 3600, 3)}
 
 
 def results(project: Project) -> list[dict[str, Any]]:
@@ -70,6 +88,7 @@ def results(project: Project) -> list[dict[str, Any]]:
                 "energy": out.get("energy"), "n_scf": out.get("n_scf"), "ionic_steps": out.get("ionic_steps"),
                 "electrons": out.get("integrated_electrons"), "expected": out.get("nvalence"),
                 "magmom": out.get("magmom"), "wall_s": out.get("wall_s"), "dir": out.get("dir"),
+                "seconds": (job["finished"] - job["started"]) if job["finished"] and job["started"] else None,
                 "error": job["error"],
             })
         return rows

@@ -239,8 +239,8 @@ def rescale(rho: np.ndarray, volume: float, nelect: float) -> tuple[np.ndarray, 
     if electrons <= 1e-3 * nelect:
         from dftflow.errors import DensityError
 
-        raise DensityError(f"the predicted density integrates to {electrons:.4g} electrons, not about {nelect:g}: "
-                           "not rescaled (a model that has not learnt this material)")
+        raise DensityError(f"the predicted density integrates to {electrons:.4g} electrons, not about {nelect:g}; "
+                           "refusing to rescale it (the model does not describe this structure)")
     factor = nelect / electrons
     return rho * factor, factor
 

@@ -46,6 +46,9 @@ class DataSettings(StrictModel):
     batch_size: int = Field(default=4, gt=0, description="structures per step (global, over all processes)")
     val_probes: int = Field(default=2000, ge=0, description="0: full grid")
     num_workers: int = 0
+    loss: Literal["l1", "relative_l1"] = Field(
+        default="l1", description="relative_l1: each structure's L1 divided by the mean |target| of its grid, so "
+        "materials with small corrections count as much as those with large ones (what ε_mae averages)")
     target: Literal["total", "smooth_delta"] = Field(
         default="total", description="total: the CHGCAR density; smooth_delta: GPAW's smooth density minus "
         "its atomic guess (a model of the correction to the engine's default start, docs/ml.md)")
@@ -245,6 +248,9 @@ def graph_batch(items: list[dict[str, Any]], cutoff: float, dtype: torch.dtype,
     if "spin_density" in items[0]:
         batch["target_spin"] = torch.cat([it["spin_density"] for it in items]).to(dtype)
     batch["n_probes"] = torch.as_tensor([len(it["density"]) for it in items])
+    scales = [max(float(it.get("density_scale", 1.0)), 1e-12) for it in items]
+    batch["probe_weight"] = torch.cat([torch.full((len(it["density"]),), 1.0 / scale)
+                                       for it, scale in zip(items, scales, strict=True)]).to(dtype)
     key = OCCUPANCY_KEYS[head.kind] if head is not None else None
     if key is not None and key in items[0]:
         target, mask = occupancy_targets(np.concatenate([it["numbers"].numpy() for it in items]),
@@ -273,7 +279,7 @@ def _occupancy_loss(occ: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.
 
 
 def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spin: bool,
-          occupancy_weight: float = 0.0, density: bool = True) -> torch.Tensor:
+          occupancy_weight: float = 0.0, density: bool = True, relative: bool = False) -> torch.Tensor:
     if not density:  # the density part is frozen: only the occupancy head learns, no probes needed
         raw = model.module if hasattr(model, "module") else model
         return _occupancy_loss(raw.occupancies(raw.atom_features(batch), batch["numbers"]), batch)
@@ -284,6 +290,8 @@ def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spin: bool,
         pred, occ_loss = model(batch), 0.0
     if spin:
         density_loss = (pred[:, 0] - batch["target"]).abs().mean() + (pred[:, 1] - batch["target_spin"]).abs().mean()
+    elif relative:
+        density_loss = ((pred - batch["target"]).abs() * batch["probe_weight"]).mean()
     else:
         density_loss = (pred - batch["target"]).abs().mean()
     return density_loss + occupancy_weight * occ_loss
@@ -390,6 +398,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     val_ids = _ids(cfg, "val") if (cfg.data.val_ids is not None or cfg.data.split) else []
     val_set = ProbeDataset(cfg.data.dataset, val_ids, n_probes=cfg.data.val_probes or None, seed=cfg.seed + 1,
                            target=cfg.data.target)
+    if cfg.data.loss == "relative_l1" and cfg.model.spin:
+        raise ConfigError("data.loss relative_l1 is for one density channel (model.spin false)")
     if cfg.data.target != "total" and (cfg.delta_saed or cfg.model.spin):
         raise ConfigError(f"data.target {cfg.data.target!r} is already a difference to the engine's atomic guess: "
                           "it takes neither delta_saed nor model.spin")
@@ -402,6 +412,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         warnings.warn(f"validation materials hold elements no training material has ({', '.join(unseen)}): "
                       "their validation error says nothing about the model (dataset split --cover-elements)",
                       stacklevel=2)
+    parent = None
+    if cfg.init_from:
+        from dftflow.models import model_path
+
+        parent = load_checkpoint(model_path(cfg.init_from))  # a checkpoint file or a bundled model's name
+        if parent.get("target", "total") != cfg.data.target:
+            raise ConfigError(f"init_from {cfg.init_from}: it learnt data.target {parent.get('target', 'total')!r}, "
+                              f"this run {cfg.data.target!r}; fine-tuning keeps the target")
+        if parent["model_config"].get("occupancy") and not cfg.model.occupancy:
+            # the parent's occupancy head, layouts and reference included: its weights must fit
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
+                k: parent["model_config"].get(k) for k in ("occupancy", "occupancy_reference", "occupancy_layout")})})
     if cfg.occupancy_weight > 0 and not cfg.model.occupancy:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
             "occupancy": occupancy_layouts(cfg.data.dataset, train_set.ids + val_ids, cfg.model.occupancy_layout)})})
@@ -417,9 +439,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     model = build_model(cfg.model).to(dtype)
     saed = None
     device = torch.device(cfg.device)
-    if cfg.init_from:
-        ckpt = load_checkpoint(cfg.init_from)
-        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if parent is not None:
+        ckpt = parent
+        try:
+            missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        except RuntimeError as exc:  # shapes differ: another mul, lmax, number of layers ...
+            raise ConfigError(f"init_from {cfg.init_from}: its weights do not fit model: (use the model section "
+                              f"it was trained with, e.g. its ml/*.yaml): {str(exc).splitlines()[1:2]}") from exc
         if unexpected or any(not k.startswith("occupancy_head.") for k in missing):
             raise ConfigError(f"{cfg.init_from}: its model does not match model: (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
@@ -477,7 +503,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         mine = sampler.indices(step)[rank::world]
         batch = to_device(graph_batch([train_set[i] for i in mine], cfg.model.cutoff, dtype, saed,
                                       model.occupancy_head, probes=not cfg.freeze_density), device)
-        loss = _loss(ddp_model, batch, cfg.model.spin, cfg.occupancy_weight, density=not cfg.freeze_density)
+        loss = _loss(ddp_model, batch, cfg.model.spin, cfg.occupancy_weight, density=not cfg.freeze_density,
+                     relative=cfg.data.loss == "relative_l1")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip:

@@ -136,3 +136,22 @@ def test_an_unseen_element_falls_back_to_the_default_start_with_the_reason(datas
     assert "Cl" in row["fallback"] and "Na" in row["fallback"] and "not trained on" in row["fallback"]
     steps = steps_of(report)
     assert steps["ml"] == steps["default"]
+
+
+def test_calibration_writes_the_chosen_factor_that_accel_eval_then_uses(dataset: Path, tmp_path: Path) -> None:
+    from dftflow.accel.calibrate import calibrate, choose_scale, write_scale
+
+    checkpoint, _ = correction_model(dataset, tmp_path / "fit", 300)
+    result = calibrate(checkpoint, tmp_path / "cal", [("C", primitive("C_diamond"))], scales=[0.5, 1.0],
+                       overrides=OVERRIDES)
+    report = json.loads((tmp_path / "cal" / "accel.json").read_text())
+    [row] = report["materials"]
+    assert {row["steps_ml@0.5"], row["steps_ml@1"]} <= set(range(1, 200))
+    assert result["correction_scale"] == choose_scale(report["materials"], [0.5, 1.0], 1.1)[0]
+    assert [t["scale"] for t in result["table"]] == [0.5, 1.0]
+    write_scale(checkpoint, result)
+    assert torch.load(checkpoint, weights_only=False)["correction_scale"] == result["correction_scale"]
+    # a plain ml arm now starts with the calibrated factor
+    again = accel_eval(tmp_path / "eval", [("C", primitive("C_diamond"))], model=checkpoint, arms=("default", "ml"),
+                       overrides=OVERRIDES, nfixed=3, figures=False)
+    assert again["materials"][0]["correction_scale"] == result["correction_scale"]

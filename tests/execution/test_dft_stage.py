@@ -97,6 +97,12 @@ def test_failed_structure_fails_alone_then_status_and_retry(tmp_path: Path) -> N
     assert abs(results["t:NaCl.cif"]["electrons"] - results["t:NaCl.cif"]["expected"]) < 1e-3
     assert results["t:Tc.cif"]["state"] == "FAILED"
     assert "no PAW setup for Tc" in results["t:Tc.cif"]["error"]
+    # the cost per structure: the completed runs' own wall times, and all the time spent
+    cost = json.loads(out.stdout)["stages"]["dft"]["cost"]
+    walls = [results[u]["wall_s"] for u in ("t:Si.cif", "t:NaCl.cif")]
+    assert cost["completed"] == 2 and cost["failed"] == 1
+    assert cost["max_s"] == round(max(walls), 1) and cost["mean_s"] == round(sum(walls) / 2, 1)
+    assert cost["core_hours"] * 3600 >= sum(walls)
 
     status = json.loads(dftflow("status", "-p", str(project), "--json").stdout)
     assert status["counts"]["COMPLETED"] == 2 and status["counts"]["FAILED"] == 1

@@ -105,3 +105,22 @@ def test_validation_on_elements_training_never_saw_is_flagged(shared: Path, tmp_
         summary = train(cfg)
     assert summary["val_unseen_elements"] == ["Li"]
     assert train(config(tmp_path / "ds", tmp_path / "out2", 1))["val_unseen_elements"] == []
+
+
+def test_relative_l1_weighs_every_structure_by_its_own_scale() -> None:
+    """Two structures with the same relative error contribute the same loss, whatever their density scale."""
+    import torch
+
+    from dftflow.ml.train import _loss
+
+    target = torch.tensor([0.01, -0.01, 1.0, -1.0])
+    batch = {"target": target, "probe_weight": torch.tensor([100.0, 100.0, 1.0, 1.0]),
+             "pred": target * 1.5}  # 50 % too large everywhere
+
+    def model(b):
+        return b["pred"]
+
+    plain = _loss(model, batch, spin=False)
+    relative = _loss(model, batch, spin=False, relative=True)
+    assert float(plain) == pytest.approx((0.005 * 2 + 0.5 * 2) / 4)
+    assert float(relative) == pytest.approx(0.5)  # each point: 50 % of its structure's mean |target|

@@ -31,7 +31,7 @@ def test_harvest_keeps_what_reads_the_blocks(si_vasp_dataset: Path) -> None:
     assert [len(v) for v in record["augmentation"]["total"]] == [138, 138]
     (shard,) = (si_vasp_dataset / "shards").glob("*.h5")
     with h5py.File(shard) as f:
-        assert (f.attrs["schema_version"], f.attrs["schema_minor"]) == (1, 1)
+        assert (f.attrs["schema_version"], f.attrs["schema_minor"]) == (1, 2)
 
 
 @pytest.fixture(scope="module")
