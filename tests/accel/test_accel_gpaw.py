@@ -16,18 +16,7 @@ from dftflow.accel.steps import gpaw_log_steps  # noqa: E402
 from dftflow.gpaw.jobs import run_static  # noqa: E402
 from dftflow.gpaw.params import to_atoms  # noqa: E402
 from dftflow.gpaw.restart import DensityState, GridConverter  # noqa: E402
-from dftflow.inputsets import load_inputset, with_overrides  # noqa: E402
-
-DEMO = Path(__file__).resolve().parents[2] / "workflows" / "structures" / "demo"
-OVERRIDES = {"ecut": 300, "kpoint_density": 12}
-
-
-def primitive(name: str) -> Structure:
-    return Structure.from_file(DEMO / f"{name}.cif").get_primitive_structure()
-
-
-def inputset():
-    return with_overrides(load_inputset("gpaw_pbe_static"), OVERRIDES)
+from tests.helpers_gpaw import OVERRIDES, inputset, primitive  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["Si", "NiO"])

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pymatgen.core import Structure
 
 from dftflow.accel.run import accel_eval
 from dftflow.dataset.harvest import from_directory, harvest
@@ -16,18 +15,7 @@ from dftflow.dataset.store import Dataset
 from dftflow.gpaw.jobs import run_static
 from dftflow.gpaw.params import to_atoms
 from dftflow.gpaw.restart import DensityState, GridConverter
-from dftflow.inputsets import load_inputset, with_overrides
-
-DEMO = Path(__file__).resolve().parents[2] / "workflows" / "structures" / "demo"
-OVERRIDES = {"ecut": 300, "kpoint_density": 12}
-
-
-def primitive(name: str) -> Structure:
-    return Structure.from_file(DEMO / f"{name}.cif").get_primitive_structure()
-
-
-def inputset():
-    return with_overrides(load_inputset("gpaw_pbe_static"), OVERRIDES)
+from tests.helpers_gpaw import OVERRIDES, inputset, primitive
 
 
 @pytest.fixture(scope="module")
