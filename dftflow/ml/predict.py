@@ -144,8 +144,9 @@ def predict_correction(model: ChargE3Net, ckpt: dict[str, Any], structure: Any, 
 
     Returns ``delta`` (e/Å³, spin summed: add to GPAW's superposition-of-atoms
     smooth density), ``delta_D`` (one spin-summed (ni, ni) change of each atom's
-    density matrix from the free atom's, GPAW's basis; zeros without an occupancy
-    head), ``seconds`` and ``points_evaluated``. Nothing is rescaled: the atomic
+    density matrix from the free atom's, GPAW's basis, zeros for an element the
+    head never saw; None without a GPAW occupancy head), ``seconds`` and
+    ``points_evaluated``. Nothing is rescaled: the atomic
     guess already holds the valence electrons, and GPAW renormalises the sum.
     """
     if not is_correction_model(ckpt):
