@@ -158,10 +158,11 @@ def predict_correction(model: ChargE3Net, ckpt: dict[str, Any], structure: Any, 
     if head is not None and head.kind == "gpaw":
         from dftflow.ml.occupancy import gpaw_atomic_density_matrix
 
-        # the change from the free atom (GPAW's own guess); an element the head never saw keeps the guess
-        delta_D = [np.zeros_like(D) if site.specie.Z not in head.layouts else D - gpaw_atomic_density_matrix(
-                   site.specie.symbol) for site, D in zip(structure, predict_occupancies(
-                       model, structure, unknown=gpaw_atomic_density_matrix), strict=True)]
+        # the change from the free atom (GPAW's own guess), one setup per element; an element the head
+        # never saw keeps the guess (no change)
+        free = {el.symbol: gpaw_atomic_density_matrix(el.symbol) for el in structure.composition.elements}
+        predicted = predict_occupancies(model, structure, unknown=free.__getitem__)
+        delta_D = [D - free[site.specie.symbol] for site, D in zip(structure, predicted, strict=True)]
     return {"delta": result["rho"], "delta_D": delta_D, "seconds": time.perf_counter() - t0,
             "points_evaluated": result["points_evaluated"], "symmetry": result["symmetry"]}
 
