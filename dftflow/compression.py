@@ -15,3 +15,26 @@ def decompress(raw: bytes) -> bytes:
         if raw.startswith(magic):
             return function(raw)
     return raw
+
+
+def read_text(path) -> str:
+    """A text file's content, decompressed when compressed; undecodable bytes become U+FFFD.
+
+    A missing file or a damaged archive (a truncated ``.gz``, say) raises
+    :class:`~dftflow.errors.InputError` naming the file.
+    """
+    from pathlib import Path
+
+    from dftflow.errors import InputError
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return decompress(raw).decode(errors="replace")
+    except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+        raise InputError(f"{path}: damaged compressed file ({exc})") from None

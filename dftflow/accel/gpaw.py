@@ -177,7 +177,7 @@ def run_arm(maker: GpawArmMaker, structure: Structure, *, uid: str = "", referen
             prediction: dict[str, Any] | None = None) -> dict[str, Any]:
     from gpaw.new.scf import KohnShamConvergenceError
 
-    from dftflow.accel.steps import gpaw_log_steps
+    from dftflow.gpaw.log import gpaw_log_steps
     from dftflow.gpaw.params import EngineError, params_hash, versions
     from dftflow.gpaw.restart import scf_from_density, state_of
 

@@ -49,8 +49,8 @@ class VaspArmMaker(VaspMaker):
 
     @job
     def make(self, structure: Any, uid: str = "", start_chgcar: str | None = None) -> dict[str, Any]:  # type: ignore[override]
-        from dftflow.accel.steps import oszicar_steps, outcar_steps
         from dftflow.vasp.jobs import _structure
+        from dftflow.vasp.outputs import oszicar_steps, outcar_steps
 
         structure = _structure(structure)
         result = run_vasp(self, structure, start_chgcar=start_chgcar)

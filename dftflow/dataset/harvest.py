@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dftflow.compression import decompress
+from dftflow.compression import read_text
 from dftflow.dataset.store import ShardWriter
 from dftflow.parallel import run_tasks
 
@@ -50,7 +50,7 @@ def safe_id(text: str) -> str:
 
 
 def _open_text(path: Path) -> str:
-    return decompress(path.read_bytes()).decode(errors="replace")
+    return read_text(path)
 
 
 _NELECT = re.compile(r"NELECT\s*=\s*([0-9.]+)")

@@ -73,7 +73,7 @@ def _handlers(wall_time: float | None) -> list[Any]:
 
 def _scf_steps(directory: Path) -> list[int]:
     """SCF steps per ionic step, from OSZICAR (none if VASP wrote none)."""
-    from dftflow.accel.steps import oszicar_steps
+    from dftflow.vasp.outputs import oszicar_steps
 
     path = directory / "OSZICAR"
     return oszicar_steps(path) if path.exists() else []

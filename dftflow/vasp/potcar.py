@@ -95,9 +95,9 @@ def potcar_channels(text: str, where: str = "POTCAR") -> list[PotcarChannels]:
 
 
 def _text(path: str | Path) -> str:
-    from dftflow.compression import decompress
+    from dftflow.compression import read_text
 
-    return decompress(Path(path).read_bytes()).decode(errors="replace")
+    return read_text(path)
 
 
 def read_potcar_channels(path: str | Path) -> list[PotcarChannels]:

@@ -12,8 +12,8 @@ from pymatgen.core import Structure
 
 pytest.importorskip("gpaw", reason="GPAW is installed by scripts/setup.sh (scripts/install_gpaw.sh)")
 
-from dftflow.accel.steps import gpaw_log_steps  # noqa: E402
 from dftflow.gpaw.jobs import run_static  # noqa: E402
+from dftflow.gpaw.log import gpaw_log_steps  # noqa: E402
 from dftflow.gpaw.params import to_atoms  # noqa: E402
 from dftflow.gpaw.restart import DensityState, GridConverter  # noqa: E402
 from tests.helpers_gpaw import OVERRIDES, inputset, primitive  # noqa: E402

@@ -13,10 +13,10 @@ from pymatgen.io.vasp import Incar
 from dftflow.accel.flows import vasp_accel_flow
 from dftflow.accel.report import material_rows
 from dftflow.accel.run import collect
-from dftflow.accel.steps import oszicar_steps
 from dftflow.density.chgcar import read_chgcar
 from dftflow.execution.queue import JobQueue
 from dftflow.execution.worker import flow_jobs, run_workers
+from dftflow.vasp.outputs import oszicar_steps
 
 STATIC = "fixtures/vasp/Si_mp_gga_relax/GGA_Static"
 

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from dftflow.accel.steps import gpaw_log_steps, oszicar_steps, outcar_steps
 from dftflow.errors import InputError
+from dftflow.gpaw.log import gpaw_log_steps
+from dftflow.vasp.outputs import oszicar_steps, outcar_steps
 
 
 def _free_energy_headers(path) -> int:
