@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import zlib
 
 _MAGIC = ((b"\x1f\x8b", gzip.decompress), (b"BZh", bz2.decompress), (b"\xfd7zXZ\x00", lzma.decompress))
 
@@ -20,7 +21,7 @@ def decompress(raw: bytes) -> bytes:
 def read_text(path) -> str:
     """A text file's content, decompressed when compressed; undecodable bytes become U+FFFD.
 
-    A missing file or a damaged archive (a truncated ``.gz``, say) raises
+    A missing file or a damaged archive (a truncated or bit-flipped ``.gz``, say) raises
     :class:`~dftflow.errors.InputError` naming the file.
     """
     from pathlib import Path
@@ -36,5 +37,5 @@ def read_text(path) -> str:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
         return decompress(raw).decode(errors="replace")
-    except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:  # zlib.error: a corrupt deflate stream
         raise InputError(f"{path}: damaged compressed file ({exc})") from None

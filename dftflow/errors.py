@@ -26,3 +26,7 @@ class ProjectBusyError(DftflowError):
 
 class DensityError(DftflowError):
     """A charge-density file (CHGCAR, CHG, AECCAR) is unreadable, inconsistent or cut short."""
+
+
+class CheckpointError(InputError):
+    """A model checkpoint is missing, damaged, not a dftflow checkpoint, or from an incompatible dftflow."""

@@ -14,6 +14,44 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# -- CI: a skip is a failure -------------------------------------------------------------------
+# Every test can run where scripts/setup.sh and scripts/install_slurm.sh have run and ../shared is
+# beside the checkout. A skip there means a broken install (GPAW that did not build, a SLURM that
+# did not start, missing reference data), so with DFTFLOW_FORBID_SKIPS=1 (.ci/run) it fails the run.
+def _forbid_skips() -> bool:
+    return os.environ.get("DFTFLOW_FORBID_SKIPS", "") not in ("", "0")
+
+
+def _skipped(config: pytest.Config) -> list:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return reporter.stats.get("skipped", []) if reporter is not None else []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _forbid_skips() and _skipped(session.config):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    skipped = _skipped(config) if _forbid_skips() else []
+    if skipped:
+        terminalreporter.write_sep("=", f"{len(skipped)} skipped, which DFTFLOW_FORBID_SKIPS=1 makes a failure",
+                                   red=True)
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            terminalreporter.write_line(f"{report.nodeid}: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _no_cwd_leak():
+    """A test that changes the working directory must put it back (use ``monkeypatch.chdir``)."""
+    before = os.getcwd()
+    yield
+    after = os.getcwd()
+    if after != before:
+        os.chdir(before)
+        pytest.fail(f"the test left the working directory at {after}; use monkeypatch.chdir", pytrace=False)
+
 def shared_dir() -> Path | None:
     for candidate in (os.environ.get("DFTFLOW_SHARED"), REPO.parent / "shared", REPO / "shared"):
         if candidate and (Path(candidate) / "fixtures").is_dir():

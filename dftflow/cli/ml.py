@@ -36,7 +36,7 @@ def train(
     """Train (or fine-tune, with init_from) ChargE3Net; under torchrun, data-parallel over the processes."""
     import torch
 
-    from dftflow.ml.train import load_config
+    from dftflow.ml.config import load_config
     from dftflow.ml.train import train as run
 
     cfg = load_config(config, _overrides(set_))

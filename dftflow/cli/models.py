@@ -43,10 +43,10 @@ def list_models(json_: JsonOpt = False) -> None:
 
 @app.command("show")
 def show_model(
-    name: Annotated[str, typer.Argument(help="Bundled model name (dftflow models list).")],
+    name: Annotated[str, typer.Argument(help="Bundled model name (dftflow models list) or checkpoint file.")],
     json_: JsonOpt = False,
 ) -> None:
-    """Show a model's card, and its checkpoint file's path, size and SHA-256."""
+    """Show a model's card (or what a checkpoint file says of itself), and the file's path, size and SHA-256."""
     from dftflow.models import model_details
 
     data = model_details(name)

@@ -46,15 +46,23 @@ def format_validation_error(path: Path | str, err: ValidationError) -> str:
 def read_yaml(path: Path) -> Any:
     """Read a YAML file, turning I/O and syntax problems into :class:`ConfigError`."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x})") from exc
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
+        if mark is None and isinstance(exc, yaml.reader.ReaderError):  # a control character, say
+            line = text[: exc.position].count("\n") + 1
+            code = ord(exc.character) if isinstance(exc.character, str) else int(exc.character)
+            raise ConfigError(f"{path}: line {line}: invalid YAML (control character {code:#04x})") from exc
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from exc
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
+        raise ConfigError(f"{path}:{where}: invalid YAML ({problem})") from exc
 
 
 def load_yaml_model(path: str | Path, model: type[M], context: dict[str, Any] | None = None) -> M:

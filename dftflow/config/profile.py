@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -9,9 +10,31 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from dftflow.config.base import StrictModel, load_yaml_model
+from dftflow.errors import ConfigError
 from dftflow.resources import resolve
 
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
+
+DEFAULT_STOP_MARGIN_S = 300
+"""Seconds before an allocation's end at which VASP is stopped cleanly and no job is started.
+
+The one default of ``slurm.stop_margin_s`` and of ``DFTFLOW_STOP_MARGIN`` (the batch
+script exports the profile's value; the rocket and custodian's ``WalltimeHandler`` read it).
+"""
+
+
+def stop_margin_s() -> float:
+    """The stop margin in force: ``DFTFLOW_STOP_MARGIN`` (set by the batch script), else the default."""
+    value = os.environ.get("DFTFLOW_STOP_MARGIN", "").strip()
+    if not value:
+        return float(DEFAULT_STOP_MARGIN_S)
+    try:
+        margin = float(value)
+    except ValueError:
+        raise ConfigError(f"DFTFLOW_STOP_MARGIN={value!r}: not a number of seconds") from None
+    if margin < 0:
+        raise ConfigError(f"DFTFLOW_STOP_MARGIN={value!r}: must not be negative")
+    return margin
 
 
 class SlurmSettings(StrictModel):
@@ -29,7 +52,8 @@ class SlurmSettings(StrictModel):
     extra_directives: list[str] = Field(default_factory=list, description="more #SBATCH lines")
     max_queued: int = Field(default=50, gt=0, description="jobs in the queue at once")
 
-    stop_margin_s: int = Field(default=300, ge=0, description="stop VASP cleanly this long before the walltime")
+    stop_margin_s: int = Field(default=DEFAULT_STOP_MARGIN_S, ge=0,
+                               description="stop VASP cleanly, and start no job, this long before the walltime")
 
     @field_validator("walltime")
     @classmethod
@@ -37,6 +61,13 @@ class SlurmSettings(StrictModel):
         if not _WALLTIME.match(value):
             raise ValueError("walltime must look like HH:MM:SS or D-HH:MM:SS")
         return value
+
+    @model_validator(mode="after")
+    def _margin(self) -> SlurmSettings:
+        if self.stop_margin_s >= self.walltime_seconds():
+            raise ValueError(f"stop_margin_s ({self.stop_margin_s} s) must be shorter than the walltime "
+                             f"({self.walltime}): no job would ever start")
+        return self
 
     def walltime_seconds(self) -> int:
         days, _, hms = self.walltime.rpartition("-")

@@ -6,20 +6,42 @@ structures can be copied around together.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from dftflow.accel import DEFAULT_ARMS
 from dftflow.config.base import StrictModel, load_yaml_model
+from dftflow.errors import ConfigError
 from dftflow.resources import resolve
 
 Stage = Literal["import", "screen", "dedup", "select", "dft", "harvest", "train", "accel"]
 STAGES: tuple[Stage, ...] = ("import", "screen", "dedup", "select", "dft", "harvest", "train", "accel")
 
 
-class PrototypeSettings(StrictModel):
+class RecipeModel(StrictModel):
+    """A recipe section: strict, and no number in it may be NaN or infinite (YAML's ``.nan``, ``.inf``)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+def _finite_values(value: dict[str, Any]) -> dict[str, Any]:
+    """Overrides pass through untyped; a NaN or infinity among them is refused all the same."""
+
+    def walk(item: Any, key: str) -> None:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{key} = {item} is not a finite number")
+        for k, v in item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ():
+            walk(v, f"{key}.{k}" if isinstance(k, str) else f"{key}[{k}]")
+
+    for k, v in value.items():
+        walk(v, str(k))
+    return value
+
+
+class PrototypeSettings(RecipeModel):
     """Decorated prototype crystals (dftflow.sources.prototypes), in a seeded order whose prefixes are diverse."""
 
     prototypes: list[str] | None = Field(default=None, description="prototype names; null for all")
@@ -50,7 +72,7 @@ class PrototypeSettings(StrictModel):
         return value
 
 
-class SourceSpec(StrictModel):
+class SourceSpec(RecipeModel):
     """One structure source.
 
     ``type: cif`` takes a CIF file, a directory (searched recursively, COD mirror
@@ -83,12 +105,12 @@ class SourceSpec(StrictModel):
         return self
 
 
-class OrderSettings(StrictModel):
+class OrderSettings(RecipeModel):
     enabled: bool = True
     min_distance: float = Field(default=0.5, ge=0, description="Å; closer atoms mean a broken structure")
 
 
-class ElectroneutralitySettings(StrictModel):
+class ElectroneutralitySettings(RecipeModel):
     """SMACT charge-neutrality test on the integer element composition."""
 
     enabled: bool = True
@@ -107,13 +129,13 @@ class ElectroneutralitySettings(StrictModel):
     )
 
 
-class SymmetrySettings(StrictModel):
+class SymmetrySettings(RecipeModel):
     symprec: float = Field(default=0.1, gt=0, description="Å, spglib symprec")
     angle_tolerance: float = Field(default=5.0, description="degrees; -1 lets spglib choose")
     reject_p1: bool = Field(default=True, description="space group 1 fails the filter")
 
 
-class DedupSettings(StrictModel):
+class DedupSettings(RecipeModel):
     """pymatgen StructureMatcher tolerances."""
 
     enabled: bool = True
@@ -122,7 +144,7 @@ class DedupSettings(StrictModel):
     angle_tol: float = Field(default=5.0, gt=0)
 
 
-class ScreeningSettings(StrictModel):
+class ScreeningSettings(RecipeModel):
     order: OrderSettings = Field(default_factory=OrderSettings)
     max_atoms: int | None = Field(default=200, gt=0, description="sites per cell; null for no cap")
     max_elements: int | None = Field(default=10, gt=0)
@@ -132,11 +154,11 @@ class ScreeningSettings(StrictModel):
     timeout_s: float = Field(default=30.0, gt=0, description="bound on one structure's screening")
 
 
-class ImportSettings(StrictModel):
+class ImportSettings(RecipeModel):
     timeout_s: float = Field(default=20.0, gt=0, description="bound on one file's parse time")
 
 
-class SelectorSettings(StrictModel):
+class SelectorSettings(RecipeModel):
     """A diverse subset, e.g. the structures that also get HSE06 statics."""
 
     size: int = Field(gt=0)
@@ -147,7 +169,7 @@ class SelectorSettings(StrictModel):
     seed: int = 0
 
 
-class DftSettings(StrictModel):
+class DftSettings(RecipeModel):
     """The DFT stage: a flow per structure, run by local workers (embedded default)."""
 
     engine: Literal["gpaw"] = "gpaw"
@@ -161,6 +183,8 @@ class DftSettings(StrictModel):
     max_attempts: int = Field(default=2, gt=0, description="runs of a job lost with its worker")
     limit: int | None = Field(default=None, gt=0, description="at most this many structures")
 
+    _finite_overrides = field_validator("overrides")(_finite_values)
+
     @field_validator("structures")
     @classmethod
     def _structures(cls, value: str) -> str:
@@ -169,7 +193,7 @@ class DftSettings(StrictModel):
         return value
 
 
-class HarvestSettings(StrictModel):
+class HarvestSettings(RecipeModel):
     """Densities of the completed statics into the project's HDF5 dataset."""
 
     out: str = Field(default="dataset", description="dataset directory, relative to the project")
@@ -177,7 +201,7 @@ class HarvestSettings(StrictModel):
     shard_size: int = Field(default=64, gt=0, description="materials per shard file")
 
 
-class TrainSettings(StrictModel):
+class TrainSettings(RecipeModel):
     """Split the harvested dataset (ECD pbe-id task) and train a model on it."""
 
     config: str = Field(default="charge3net-demo", description="training config (ml/*.yaml name or path)")
@@ -187,8 +211,10 @@ class TrainSettings(StrictModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted config keys, e.g. optim.max_steps")
     out: str = Field(default="model", description="training directory, relative to the project")
 
+    _finite_overrides = field_validator("overrides")(_finite_values)
 
-class AccelSettings(StrictModel):
+
+class AccelSettings(RecipeModel):
     """accel-eval of the trained model on the held-back (test) materials, with the DFT stage's settings."""
 
     subset: Literal["train", "val", "test"] = "test"
@@ -200,7 +226,7 @@ class AccelSettings(StrictModel):
     out: str = Field(default="accel", description="evaluation directory, relative to the project")
 
 
-class Recipe(StrictModel):
+class Recipe(RecipeModel):
     name: str
     description: str = ""
     project: str | None = Field(default=None, description="project directory (relative to the working directory)")
@@ -239,6 +265,28 @@ class Recipe(StrictModel):
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """Load a recipe by bundled name (``demo``) or path, validated strictly."""
     path = resolve("workflows", name_or_path)
+    _check_text(path)
     recipe = load_yaml_model(path, Recipe)
     recipe.base_dir = path.parent
     return recipe
+
+
+def _check_text(path: Path) -> None:
+    """Refuse, in one line naming the file and line, bytes that are not UTF-8 or characters YAML does not allow.
+
+    ``load_yaml_model`` reports the rest (a missing file, YAML syntax, invalid values).
+    """
+    import yaml.reader
+
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: line {line}: byte {raw[exc.start]:#04x} is not UTF-8 text") from None
+    if bad := yaml.reader.Reader.NON_PRINTABLE.search(text):
+        line = text.count("\n", 0, bad.start()) + 1
+        raise ConfigError(f"{path}: line {line}: character {bad.group()!r} is not allowed in YAML") from None

@@ -21,6 +21,7 @@ and the harvest goes on. Re-running skips what is stored.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,22 +54,65 @@ def _open_text(path: Path) -> str:
     return read_text(path)
 
 
-_NELECT = re.compile(r"NELECT\s*=\s*([0-9.]+)")
+_NELECT = re.compile(r"NELECT\s*=\s*(\S*)")
+_ISPIN = re.compile(r"^\s*ISPIN\s*=\s*(\S*)\s+spin polarized", re.MULTILINE)
+_NONCOLLINEAR = re.compile(r"^\s*LNONCOLLINEAR\s*=\s*(\S*)\s+non collinear", re.MULTILINE)
 _LHF = re.compile(r"LHFCALC\s*=\s*T")
 _LDAU = re.compile(r"LDAU\s*=\s*T|LDA\+U is selected")
 _VERSION = re.compile(r"^\s*(vasp\.[0-9.]+\S*)", re.MULTILINE)
 
 
 def outcar_meta(path: Path) -> dict[str, Any]:
-    """NELECT, functional and VASP version from an OUTCAR (plain or compressed)."""
+    """NELECT, functional, VASP version and the number of density blocks (ISPIN, LNONCOLLINEAR) of an OUTCAR.
+
+    A NELECT, ISPIN or LNONCOLLINEAR line that is there but unreadable (a damaged
+    file) raises :class:`~dftflow.errors.InputError` naming the file and the line.
+    """
+    from dftflow.errors import InputError
+
     text = _open_text(path)
     meta: dict[str, Any] = {"engine": "vasp"}
     if m := _NELECT.search(text):
-        meta["nelect"] = float(m.group(1))
+        try:
+            nelect = float(m.group(1))
+        except ValueError:
+            nelect = math.nan
+        if not (math.isfinite(nelect) and nelect > 0):
+            raise InputError(f"{path}: cannot read the number of electrons from {m.group(0)!r}")
+        meta["nelect"] = nelect
+    ispin = _ISPIN.search(text)
+    noncollinear = _NONCOLLINEAR.search(text)
+    if ispin is not None:
+        if ispin.group(1) not in ("1", "2"):
+            raise InputError(f"{path}: ISPIN must be 1 or 2, found {ispin.group(1)!r}")
+        if noncollinear is not None and noncollinear.group(1) not in ("T", "F"):
+            raise InputError(f"{path}: LNONCOLLINEAR must be T or F, found {noncollinear.group(1)!r}")
+        noncollinear_run = noncollinear is not None and noncollinear.group(1) == "T"
+        meta["density_blocks"] = 4 if noncollinear_run else int(ispin.group(1))
     meta["functional"] = "HSE06" if _LHF.search(text) else ("PBE+U" if _LDAU.search(text) else "PBE")
     if m := _VERSION.search(text):
         meta["engine_version"] = m.group(1)
     return meta
+
+
+def check_against_outcar(density: Any, item: HarvestItem, meta: dict[str, Any]) -> None:
+    """Refuse a CHGCAR that holds less than the run of its OUTCAR wrote.
+
+    A CHGCAR cut exactly where a section ends reads as a complete file: before the
+    magnetisation block it is a non-spin density, before the augmentation
+    occupancies one without them. VASP writes every block its ISPIN/LNONCOLLINEAR
+    asks for and, in a CHGCAR, the occupancies of every block.
+    """
+    from dftflow.errors import DensityError
+
+    expected = meta.get("density_blocks")
+    found = len(density.block_keys)
+    if expected is not None and found != expected:
+        raise DensityError(f"{item.chgcar}: {found} density block(s), but {item.outcar} describes a run that writes "
+                           f"{expected} (ISPIN/LNONCOLLINEAR); the file is cut short or belongs to another run")
+    if density.augmentation is None and Path(item.chgcar).name.startswith("CHGCAR"):
+        raise DensityError(f"{item.chgcar}: no augmentation occupancies, which VASP writes into every CHGCAR of the "
+                           f"run of {item.outcar} (the file is cut short?)")
 
 
 def from_directory(root: Path) -> Iterator[HarvestItem]:
@@ -147,6 +191,8 @@ def _load(item: HarvestItem) -> dict[str, Any]:
     if item.outcar:
         meta = {**outcar_meta(Path(item.outcar)), **meta}
     density = read_chgcar(item.chgcar, nelect=meta.get("nelect"))
+    if item.outcar:
+        check_against_outcar(density, item, meta)
     record = record_from_density(density, meta)
     if density.augmentation is not None:
         record["augmentation_meta"] = augmentation_meta(density, item, meta)

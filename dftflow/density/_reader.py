@@ -81,8 +81,9 @@ class Reader:
     def floats(self, what: str, count: int) -> list[float]:
         tokens = self.line(what).split()
         values = [parse_token(t.decode("latin-1")) for t in tokens[:count]]
-        if len(values) < count or None in values:
-            raise self.error(f"expected {count} numbers for {what}, found {_show(b' '.join(tokens))}", self._last())
+        if len(values) < count or None in values or not all(math.isfinite(v) for v in values):  # type: ignore[arg-type]
+            raise self.error(f"expected {count} finite numbers for {what}, found {_show(b' '.join(tokens))}",
+                             self._last())
         return values  # type: ignore[return-value]
 
     def _last(self) -> int:
@@ -94,22 +95,30 @@ class Reader:
         comment = self.line("the comment line").decode("latin-1").strip()
         scale_tokens = self.line("the scale factor").split()
         scale = [parse_token(t.decode("latin-1")) for t in scale_tokens[:3]]
-        if not scale or None in scale or len(scale) == 2:
+        if not scale or None in scale or len(scale) == 2 or not all(math.isfinite(x) and x != 0 for x in scale):
             raise self.error(f"cannot read the scale factor from {_show(b' '.join(scale_tokens))}", self._last())
+        scale_line = self.line_number(self._last())
         matrix = np.array([self.floats(f"lattice vector {i + 1}", 3) for i in range(3)])
         if len(scale) == 3:  # one factor per axis (VASP 6)
             factor: float | np.ndarray = np.array(scale)
         elif scale[0] < 0:  # a negative scale is the cell volume
-            factor = (-scale[0] / abs(np.linalg.det(matrix))) ** (1 / 3)
+            unscaled = abs(float(np.linalg.det(matrix)))
+            factor = (-scale[0] / unscaled) ** (1 / 3) if unscaled > 0 else math.nan
         else:
             factor = scale[0]
         matrix = matrix * factor
+        volume = abs(float(np.linalg.det(matrix))) if np.isfinite(matrix).all() else math.nan
+        if not (math.isfinite(volume) and volume > 1e-6 * float(np.prod(np.linalg.norm(matrix, axis=1)))):
+            raise self.error(f"the scale factor and lattice vectors give a degenerate cell (volume {volume:.3g} Å³)",
+                             line=scale_line)
         symbols, counts = self._species_and_counts(comment, species)
         mode = self.line("the coordinate mode").strip()
         if mode[:1] in (b"s", b"S"):  # Selective dynamics
             mode = self.line("the coordinate mode").strip()
         cartesian = mode[:1] in (b"c", b"C", b"k", b"K")
         nsites = sum(counts)
+        if nsites == 0:
+            raise self.error("the header declares no atoms", self._last())
         coords = np.array([self.floats(f"the coordinates of site {i + 1}", 3) for i in range(nsites)])
         site_species = [s for s, n in zip(symbols, counts) for _ in range(n)]
         if cartesian:

@@ -10,8 +10,11 @@ those jobs one after the other and leaves, per job, ``results/<uuid>.json``
 ``dftflow status``, ``submit`` and ``retry``, like ``lpad recover_offline``)
 reads the result files into the store and settles allocations that ended:
 the job that was running when SLURM stopped an allocation is FAILED with the
-SLURM state (TIMEOUT, NODE_FAIL, ...), jobs that never started go back to the
-queue, and a launch whose allocation vanished without a trace is LOST.
+SLURM state (TIMEOUT, ...) or LOST (NODE_FAIL, CANCELLED, PREEMPTED, or an
+allocation that vanished without a trace), and jobs that never started go back
+to the queue. A job the rocket stopped cleanly before the walltime (custodian's
+STOPCAR) is put back in the queue with its reason, to continue in the next
+allocation; the rocket starts no job with less than the stop margin left.
 A job is claimed by exactly one launch at a time and a result is accepted
 only from the launch that holds the claim, so N allocations never lose or
 duplicate work.
@@ -27,17 +30,16 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from dftflow.config.profile import ClusterProfile
+from dftflow.config.profile import ClusterProfile, stop_margin_s
 from dftflow.execution.queue import JobQueue
-from dftflow.execution.slurm import final_state, job_script, queue_states, sbatch
+from dftflow.execution.slurm import ACTIVE_STATES, final_state, job_script, job_state_after, queue_states, sbatch
 
 _LAUNCHES = """
 CREATE TABLE IF NOT EXISTS launches(
     launch_id TEXT PRIMARY KEY, slurm_id TEXT, dir TEXT NOT NULL, flows TEXT NOT NULL, jobs TEXT NOT NULL,
     state TEXT NOT NULL, submitted REAL NOT NULL, finished REAL, slurm_state TEXT, reason TEXT);
 """
-# SLURM end states after which the allocation's unfinished jobs count as lost (not the job's fault)
-_LOST_STATES = ("NODE_FAIL", "BOOT_FAIL", "CANCELLED", "PREEMPTED", "UNKNOWN", "REVOKED")
+_ROCKET_LOG = "rocket.json"  # in the launch directory: why the rocket stopped starting jobs, if it did
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -123,6 +125,8 @@ class Launcher:
             if slurm_id in states:
                 continue  # pending or running
             end = final_state(slurm_id, env=self.env)
+            if end in ACTIVE_STATES:
+                continue  # sacct still has it running: squeue missed it, ask again next time
             self._settle(directory, worker, slurm_id, end)
             self.queue.db.execute("UPDATE launches SET state='DONE', finished=?, slurm_state=? WHERE launch_id=?",
                                   (time.time(), end, launch_id))
@@ -137,6 +141,8 @@ class Launcher:
                 ok = self.queue.complete(result["uuid"], worker, result["output"])
             elif result["state"] == "FAILED":
                 ok = self.queue.fail(result["uuid"], worker, result["reason"])
+            elif result["state"] == "STOPPED":
+                ok = self.queue.requeue_stopped(result["uuid"], worker, result["reason"])
             else:
                 continue
             n += int(ok)
@@ -144,13 +150,16 @@ class Launcher:
 
     def _settle(self, directory: Path, worker: str, slurm_id: str, end: str) -> None:
         """Jobs the allocation still holds: the one it was running fails (or is lost), the rest are freed."""
+        log = directory / _ROCKET_LOG
+        why = json.loads(log.read_text()).get("stopped") if log.exists() else None
         for (uuid_,) in self.queue.db.execute(
                 "SELECT uuid FROM jobs WHERE state='RUNNING' AND worker=?", (worker,)).fetchall():
             was_running = (directory / "results" / f"{uuid_}.started").exists()
             if not was_running:
                 self.queue.release_claims(worker, "AUTO", uuids=[uuid_],
-                                          reason=f"not started in SLURM job {slurm_id} ({end})")
-            elif end in _LOST_STATES:
+                                          reason=f"not started in SLURM job {slurm_id} ({end})"
+                                          + (f": {why}" if why else ""))
+            elif job_state_after(end) == "LOST":
                 self.queue.release_claims(worker, "LOST", uuids=[uuid_],
                                           reason=f"lost: SLURM job {slurm_id} ended {end} while it ran")
             else:
@@ -166,7 +175,12 @@ class Launcher:
 
 
 def rocket(launch_dir: Path) -> int:
-    """Compute-node side: run the jobs of one launch in order, one result file each; returns the failures."""
+    """Compute-node side: run the jobs of one launch in order, one result file each; returns the failures.
+
+    A job stopped cleanly before the walltime is not a failure: its result says STOPPED
+    and the rocket ends (the allocation's time is up), as it does when less than the
+    stop margin is left before a job would start.
+    """
     from dftflow.execution.worker import execute_job, job_dir_for
 
     launch_dir = Path(launch_dir).resolve()
@@ -175,8 +189,11 @@ def rocket(launch_dir: Path) -> int:
     root = Path(spec["root"])
     results = launch_dir / "results"
     outputs: dict[str, Any] = dict(spec["parent_outputs"])
-    failed: set[str] = set()
-    margin = float(os.environ.get("DFTFLOW_STOP_MARGIN", "0"))
+    unfinished: set[str] = set()  # failed (or stopped) here: their children do not run in this launch
+    failures = 0
+    margin = stop_margin_s()
+    end = _job_end()
+    (launch_dir / _ROCKET_LOG).unlink(missing_ok=True)  # from an earlier run of this launch (requeued)
     for job in spec["jobs"]:
         done = results / f"{job['uuid']}.json"
         if done.exists():  # the same launch run again (requeued by SLURM)
@@ -184,25 +201,70 @@ def rocket(launch_dir: Path) -> int:
             if res["state"] == "COMPLETED":
                 outputs[job["uuid"]] = res["output"]
             else:
-                failed.add(job["uuid"])
+                unfinished.add(job["uuid"])
+                failures += res["state"] == "FAILED"
             continue
-        if failed & set(job["parents"]):
-            failed.add(job["uuid"])
-            continue  # stays claimed: recovery returns it to the queue behind its failed parent
-        end = os.environ.get("DFTFLOW_JOB_END")
-        if end and float(end) - time.time() < margin:
-            break  # too little time left to start: recovery puts the rest back in the queue
-        (results / f"{job['uuid']}.started").write_text(str(time.time()))
+        if unfinished & set(job["parents"]):
+            unfinished.add(job["uuid"])
+            continue  # stays claimed: recovery returns it to the queue behind its unfinished parent
+        if end is not None and end - time.time() < margin:
+            # too little time left to start: recovery puts this job and the rest back in the queue
+            _write_json(launch_dir / _ROCKET_LOG, {"stopped": f"{end - time.time():.0f} s left in the allocation, "
+                                                              f"less than the stop margin of {margin:.0f} s"})
+            break
+        started = time.time()
+        (results / f"{job['uuid']}.started").write_text(str(started))
         workdir = job_dir_for(root, job["flow_id"], job["name"], job["uuid"])
+        # custodian's WalltimeHandler times its wall_time from CUSTODIAN_WALLTIME_START, which the
+        # first handler of this process sets: without this, later jobs would be stopped too early
+        os.environ.pop("CUSTODIAN_WALLTIME_START", None)
         try:
             doc = execute_job(job["payload"], {p: outputs[p] for p in job["parents"] if p in outputs}, workdir)
         except Exception as exc:  # noqa: BLE001 - recorded with its reason; the next workflow goes on
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            _write_json(done, {"uuid": job["uuid"], "state": "FAILED", "reason": first})
-            workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "error.txt").write_text(traceback.format_exc(limit=8))
-            failed.add(job["uuid"])
+            stopped = _stopped_before_walltime(workdir, started, end)
+            if stopped is None:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                _write_json(done, {"uuid": job["uuid"], "state": "FAILED", "reason": first})
+                workdir.mkdir(parents=True, exist_ok=True)
+                (workdir / "error.txt").write_text(traceback.format_exc(limit=8))
+                unfinished.add(job["uuid"])
+                failures += 1
+                continue
         else:
-            outputs[job["uuid"]] = doc
-            _write_json(done, {"uuid": job["uuid"], "state": "COMPLETED", "output": doc})
-    return len(failed)
+            stopped = _stopped_before_walltime(workdir, started, end)
+            if stopped is None:
+                outputs[job["uuid"]] = doc
+                _write_json(done, {"uuid": job["uuid"], "state": "COMPLETED", "output": doc})
+                continue
+        # stopped by the STOPCAR: what VASP wrote is an interrupted run, not a result
+        _write_json(done, {"uuid": job["uuid"], "state": "STOPPED", "reason": stopped, "job_end": end})
+        _write_json(launch_dir / _ROCKET_LOG, {"stopped": f"{job['name']} was stopped before the walltime"})
+        break
+    return failures
+
+
+def _job_end() -> float | None:
+    """When the allocation ends (``DFTFLOW_JOB_END``, epoch seconds, set by the batch script)."""
+    end = os.environ.get("DFTFLOW_JOB_END")
+    return float(end) if end else None
+
+
+def _stopped_before_walltime(workdir: Path, started: float, end: float | None) -> str | None:
+    """Why a job was stopped cleanly before the walltime, or None if it was not.
+
+    custodian's ``WalltimeHandler`` writes a STOPCAR into the job directory when the
+    time left runs short; VASP then ends at its next ionic step, and what it wrote is
+    an interrupted run, not a result. Only a STOPCAR written during this attempt and
+    while VASP still ran counts: custodian checks its handlers once more after VASP
+    has ended, and a STOPCAR written then (VASP's last output is older) stopped nothing.
+    """
+    stopcar = workdir / "STOPCAR"
+    if not stopcar.exists():
+        return None
+    written = stopcar.stat().st_mtime
+    outputs = [p.stat().st_mtime for p in (workdir / n for n in ("vasprun.xml", "OUTCAR", "OSZICAR")) if p.exists()]
+    if written < started - 1 or (outputs and max(outputs) < written):
+        return None
+    before = f" {end - written:.0f} s before the allocation's end" if end is not None else ""
+    return (f"stopped cleanly: STOPCAR ({stopcar.read_text().strip()}) written{before}; "
+            "continues in the next allocation")

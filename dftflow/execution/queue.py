@@ -9,7 +9,9 @@ SQLite gives transactions across processes, an exclusive claim
 States: ``WAITING`` (a parent is not complete) → ``READY`` → ``RUNNING`` →
 ``COMPLETED`` | ``FAILED``. A ``RUNNING`` job whose worker process is gone (same
 host) or silent for longer than ``lease_s`` is *lost*: it returns to ``READY``
-for another attempt, or becomes ``LOST`` after ``max_attempts``. Results are
+for another attempt, or becomes ``LOST`` after ``max_attempts``. A job stopped on
+purpose (before an allocation's walltime) returns to ``READY`` with its reason, or is
+``FAILED`` after ``max_attempts`` stops. Results are
 accepted only from the worker that holds the claim, so a job is never recorded
 twice, even if a presumed-dead worker wakes up.
 """
@@ -205,6 +207,32 @@ class JobQueue:
             cur = db.execute("UPDATE jobs SET state='FAILED', finished=?, error=? "
                              "WHERE uuid=? AND state='RUNNING' AND worker=?", (time.time(), reason, uuid, worker))
             return cur.rowcount == 1
+
+    def requeue_stopped(self, uuid: str, worker: str, reason: str) -> bool:
+        """A job ``worker`` stopped on purpose (e.g. before the walltime) goes back to READY with ``reason``.
+
+        The attempt counts: after ``max_attempts`` stops the job is FAILED instead (``retry`` resumes it).
+        False (and nothing written) if ``worker`` no longer holds the job.
+        """
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT attempts, max_attempts, history FROM jobs WHERE uuid=? AND state='RUNNING' "
+                             "AND worker=?", (uuid, worker)).fetchone()
+            if row is None:
+                return False
+            attempts, max_attempts, history = row
+            state = "READY" if attempts < max_attempts else "FAILED"
+            if state == "FAILED":
+                reason = f"{reason} (stopped in {attempts} attempts; `dftflow retry` continues it)"
+            events = json.loads(history) + [{"time": now, "event": "stopped", "reason": reason, "worker": worker}]
+            db.execute("UPDATE jobs SET state=?, worker=NULL, host=NULL, pid=NULL, finished=?, error=?, history=? "
+                       "WHERE uuid=?", (state, now if state == "FAILED" else None, reason, json.dumps(events), uuid))
+        return True
+
+    def history(self, uuid: str) -> list[dict[str, Any]]:
+        """The events of one job (lost, stopped, requeued, ...), oldest first."""
+        row = self.db.execute("SELECT history FROM jobs WHERE uuid=?", (uuid,)).fetchone()
+        return json.loads(row[0]) if row else []
 
     def detect_lost(self) -> list[str]:
         """Requeue RUNNING jobs whose worker died (this host) or went silent (any host)."""

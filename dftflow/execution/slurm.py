@@ -64,12 +64,28 @@ def sbatch(script: Path, *, env: dict[str, str] | None = None) -> str:
     return out.stdout.strip().split(";")[0]
 
 
+# States of an allocation that has not ended (squeue may briefly miss one that sacct still reports)
+ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
+                           "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"})
+# End states that are not the job's doing: the job that was running is LOST (``dftflow retry`` reruns it)
+LOST_STATES = frozenset({"NODE_FAIL", "BOOT_FAIL", "CANCELLED", "PREEMPTED", "REVOKED", "UNKNOWN"})
+
+
 def queue_states(job_ids: list[str], *, env: dict[str, str] | None = None) -> dict[str, str]:
-    """SLURM states (PENDING, RUNNING, ...) of the jobs still known to squeue."""
+    """SLURM states (PENDING, RUNNING, ...) of the jobs still known to squeue.
+
+    Raises :class:`SlurmError` when squeue cannot answer (controller down, ...): an
+    allocation must never be taken for ended because the scheduler did not reply.
+    """
     if not job_ids:
         return {}
-    out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True,
-                         env=env, timeout=120)
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True,
+                             text=True, env=env, timeout=120)
+    except FileNotFoundError as exc:
+        raise SlurmError("squeue not found: is this a SLURM login node?") from exc
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:  # that one: none of them is known any more
+        raise SlurmError(f"squeue: {out.stderr.strip() or out.stdout.strip() or f'exit status {out.returncode}'}")
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split()
@@ -81,24 +97,35 @@ def queue_states(job_ids: list[str], *, env: dict[str, str] | None = None) -> di
 _STATE = re.compile(r"JobState=(\S+)")
 
 
+def sacct_state(text: str) -> str | None:
+    """The state in ``sacct -n -X -P -o State`` output (``CANCELLED by 0`` → CANCELLED, ``TIMEOUT+`` → TIMEOUT)."""
+    line = next((x for x in text.splitlines() if x.strip()), "")
+    return line.split()[0].rstrip("+") if line else None
+
+
+def scontrol_state(text: str) -> str | None:
+    """The ``JobState=`` of ``scontrol show job`` output."""
+    m = _STATE.search(text)
+    return m.group(1) if m else None
+
+
+def job_state_after(end: str) -> str:
+    """The state of the job that was running when an allocation ended ``end``: LOST or FAILED."""
+    return "LOST" if end in LOST_STATES else "FAILED"
+
+
 def final_state(job_id: str, *, env: dict[str, str] | None = None) -> str:
-    """How a finished SLURM job ended: COMPLETED, TIMEOUT, FAILED, CANCELLED, NODE_FAIL, ... or UNKNOWN.
+    """How a SLURM job ended: COMPLETED, TIMEOUT, FAILED, CANCELLED, NODE_FAIL, ... or UNKNOWN.
 
     Asks ``sacct`` (accounting) first, then ``scontrol show job`` (kept for MinJobAge
-    after the end).
+    after the end). A state in :data:`ACTIVE_STATES` means it has not ended after all.
     """
-    for cmd in (["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], ["scontrol", "show", "job", job_id]):
+    for cmd, parse in ((["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], sacct_state),
+                       (["scontrol", "show", "job", job_id], scontrol_state)):
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
         except FileNotFoundError:
             continue
-        if out.returncode != 0:
-            continue
-        text = out.stdout.strip()
-        if cmd[0] == "sacct":
-            if text:
-                return text.splitlines()[0].split()[0].rstrip("+")
-            continue
-        if m := _STATE.search(text):
-            return m.group(1)
+        if out.returncode == 0 and (state := parse(out.stdout)):
+            return state
     return "UNKNOWN"

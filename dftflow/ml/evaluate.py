@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dftflow.ml.train import graph_batch
+from dftflow.ml.batch import graph_batch
 
 
 def evaluate(checkpoint: str | Path, dataset: str | Path, ids: list[str], *, n_probes: int | None = 5000,

@@ -421,3 +421,8 @@ class ChargE3Net(nn.Module):
         atoms = self.atom_features(batch)
         density = self.probe_density(batch, atoms)
         return (density, self.occupancies(atoms, batch["numbers"])) if with_occupancies else density
+
+
+def build_model(settings: ModelConfig | dict[str, Any]) -> ChargE3Net:
+    """A freshly initialised ChargE3Net of ``settings`` (a :class:`ModelConfig` or its fields)."""
+    return ChargE3Net(settings if isinstance(settings, ModelConfig) else ModelConfig(**settings))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dftflow.ml.graph import PeriodicImages, make_batch
-from dftflow.ml.model import ChargE3Net, ModelConfig
+from dftflow.ml.model import ChargE3Net
 from dftflow.ml.symmetry import SYMPREC, grid_orbits
 
 #: atom → probe edges per chunk of a full-grid prediction (keeps the per-edge intermediates near cache size)
@@ -27,13 +27,12 @@ EDGES_PER_CHUNK = 20_000
 
 
 def load_model(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[ChargE3Net, dict[str, Any]]:
-    from dftflow.ml.train import load_checkpoint
+    """The model of ``checkpoint`` (eval mode) and the checkpoint dict; a bad file is a
+    :class:`~dftflow.ml.checkpoint.CheckpointError` naming it."""
+    from dftflow.ml.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    model = ChargE3Net(ModelConfig(**ckpt["model_config"])).to(dtype)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, ckpt
+    return model_from_checkpoint(ckpt, checkpoint, dtype=dtype), ckpt
 
 
 def default_grid(lattice: np.ndarray, spacing: float = 0.1) -> tuple[int, int, int]:

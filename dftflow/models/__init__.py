@@ -158,22 +158,37 @@ def file_digest(path: Path) -> tuple[int, str]:
     return path.stat().st_size, digest.hexdigest()
 
 
-def model_details(name: str) -> dict[str, Any]:
-    """The card of a bundled model, and its file: ``path``, ``file_bytes``, ``file_sha256``, ``checksum_ok``."""
-    card = model_card(name)
-    path = model_path(name)
+def model_details(name_or_path: str | Path) -> dict[str, Any]:
+    """What ``dftflow models show`` prints: a model's card and its file.
+
+    A bundled name gives its card; a checkpoint file (which wins over a bundled name, as everywhere)
+    gives the card fields the checkpoint knows itself (``engine`` None when it does not say). Both
+    add the file (``path``, ``file_bytes``, ``file_sha256``, ``checksum_ok`` against the card) and
+    the ``versions`` that wrote it. The checkpoint is loaded, so a damaged file is a
+    :class:`~dftflow.ml.checkpoint.CheckpointError` naming it.
+    """
+    from dftflow.ml.checkpoint import load_checkpoint
+
+    is_file = Path(name_or_path).expanduser().is_file()
+    card = None if is_file else model_card(str(name_or_path))
+    path = model_path(name_or_path)
+    ckpt = load_checkpoint(path)
+    if card is None:
+        card = _default_card(ckpt, path.stem, None, need_engine=False)
     size, sha = file_digest(path)
     return {**card, "path": str(path), "file_bytes": size, "file_sha256": sha,
-            "checksum_ok": None if card["sha256"] is None else card["sha256"] == sha}
+            "checksum_ok": None if card.get("sha256") is None else card["sha256"] == sha,
+            "versions": ckpt.get("versions") or {}}
 
 
-def _default_card(ckpt: dict[str, Any], name: str, engine: str | None) -> dict[str, Any]:
+def _default_card(ckpt: dict[str, Any], name: str, engine: str | None, *, need_engine: bool = True
+                  ) -> dict[str, Any]:
     """The card fields a checkpoint knows itself: target, elements, data counts, best validation ε_mae."""
     from pymatgen.core import Element
 
     target = ckpt.get("target", "total")
     engine = engine or ("gpaw" if target == "smooth_delta" else None)  # a correction of GPAW's guess
-    if engine is None:
+    if engine is None and need_engine:
         raise InputError(f"{name}: give engine= (gpaw or vasp): the checkpoint does not say which code it learnt")
     state = ckpt.get("state") or {}
     best = state.get("best_val")
@@ -202,14 +217,12 @@ def strip_checkpoint(src: str | Path, dst: str | Path, *, max_bytes: int | None 
     """
     import torch
 
-    from dftflow.ml.train import load_checkpoint
+    from dftflow.ml.checkpoint import load_checkpoint
 
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".pt":
         raise InputError(f"{dst}: a bundled checkpoint is named <name>.pt")
-    ckpt = load_checkpoint(src)
-    if "model" not in ckpt or "model_config" not in ckpt:
-        raise InputError(f"{src}: not a ChargE3Net checkpoint (no model or model_config)")
+    ckpt = load_checkpoint(src)  # a file that is not a ChargE3Net checkpoint is refused here
     card = _default_card(ckpt, dst.stem, card_fields.get("engine"))
     for key, value in card_fields.items():
         card[key] = {**card[key], **value} if isinstance(card.get(key), dict) and isinstance(value, dict) else value

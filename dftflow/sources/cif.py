@@ -9,6 +9,7 @@ kept as they are written and the screening decides about them.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from typing import Any
@@ -113,7 +114,7 @@ def _setting_problem(block: CifBlock, parser_warnings: list[str]) -> str | None:
     try:
         number = int(float(next(str(lowered[t]) for t in _NUMBER_TAGS if t in lowered)))
         standard = SpaceGroup.from_int_number(number).symbol
-    except Exception:  # no usable number: nothing to compare with
+    except (StopIteration, ValueError, OverflowError):  # no usable number: nothing to compare with
         return None
     if compact[0].upper() != standard[0]:
         return (f"space group {symbol!r} is a setting pymatgen does not know; space group {number} "
@@ -121,7 +122,45 @@ def _setting_problem(block: CifBlock, parser_warnings: list[str]) -> str | None:
     return None
 
 
-def _flags(block: CifBlock, composition: Composition) -> list[str]:
+def _declared_formula(block: CifBlock) -> tuple[Composition | None, str | None]:
+    """The composition of ``_chemical_formula_sum`` (None when the tag is absent), or why it cannot be read.
+
+    The formula is what atoms missing from the sites are found with (an atom loop
+    cut short, hydrogens left out), so a formula that is written but unreadable is
+    a reason to refuse the entry, not to skip that check.
+    """
+    lowered = {k.lower(): v for k, v in block.data.items()}
+    formula = lowered.get("_chemical_formula_sum")
+    if formula is None or (isinstance(formula, str) and formula.strip() in ("", "?", ".")):
+        return None, None
+    unchecked = "so atoms missing from the sites cannot be ruled out"
+    if not isinstance(formula, str):
+        return None, f"_chemical_formula_sum is a loop of {len(formula)} values, not one formula, {unchecked}"
+    try:
+        declared = Composition(formula.replace("'", "").strip()).element_composition
+    except (ValueError, OverflowError) as exc:  # pymatgen's errors for an unparsable formula or amount
+        return None, f"_chemical_formula_sum {formula!r} cannot be read ({str(exc).strip()}), {unchecked}"
+    if not all(math.isfinite(amount) for amount in declared.values()):
+        return None, f"_chemical_formula_sum {formula!r} has an amount that is not a finite number, {unchecked}"
+    return declared, None
+
+
+def _occupancy_problem(structure: Any) -> str | None:
+    """Why the sites' occupancies cannot be kept, or None.
+
+    With ``check_occu=False`` pymatgen keeps what the file says, also an occupancy
+    above 1 or a site written twice (merged into one site holding both), which no
+    structure can be rebuilt from later.
+    """
+    for i, site in enumerate(structure):
+        total = sum(site.species.values())
+        if not (math.isfinite(total) and total <= 1 + Composition.amount_tolerance):
+            return (f"site {i + 1} ({', '.join(map(str, site.species))}) has a total occupancy of {total:g}, more "
+                    "than 1 or not a number (an occupancy misprinted, or an atom written twice)")
+    return None
+
+
+def _flags(block: CifBlock, composition: Composition, declared: Composition | None) -> list[str]:
     """Properties of the written structure that screening must know about."""
     flags = []
     lowered = {k.lower(): v for k, v in block.data.items()}
@@ -132,18 +171,12 @@ def _flags(block: CifBlock, composition: Composition) -> list[str]:
     if isinstance(attached, list) and any(v.strip() not in ("0", ".", "?") for v in attached):
         if "implicit_hydrogens" not in flags:
             flags.append("implicit_hydrogens")
-    formula = lowered.get("_chemical_formula_sum")
-    if isinstance(formula, str) and formula.strip() not in ("", "?", "."):
-        try:
-            declared = Composition(formula.replace("'", "").strip())
-        except Exception:  # an unparsable formula tag says nothing about missing atoms
-            declared = None
-        if declared is not None:
-            # Elements absent from the sites, or present in a smaller proportion than the
-            # formula declares (e.g. an atom loop cut short by a truncated file).
-            missing = _short_elements(declared.element_composition, composition)
-            if missing:
-                flags.append("missing_atoms:" + ",".join(missing))
+    if declared is not None:
+        # Elements absent from the sites, or present in a smaller proportion than the
+        # formula declares (e.g. an atom loop cut short by a truncated file).
+        missing = _short_elements(declared, composition)
+        if missing:
+            flags.append("missing_atoms:" + ",".join(missing))
     return flags
 
 
@@ -202,4 +235,9 @@ def _parse_block(block: CifBlock, uid: str, provenance: dict[str, Any]) -> Impor
         return Imported(uid, provenance, error=f"unknown element symbol(s): {', '.join(unknown)}")
     if (problem := check_geometry(structure.lattice.matrix, structure.frac_coords)) is not None:
         return Imported(uid, provenance, error=problem)
-    return Imported(uid, provenance, packed=pack(structure), flags=_flags(block, structure.composition))
+    if (problem := _occupancy_problem(structure)) is not None:
+        return Imported(uid, provenance, error=problem)
+    declared, problem = _declared_formula(block)
+    if problem is not None:
+        return Imported(uid, provenance, error=problem)
+    return Imported(uid, provenance, packed=pack(structure), flags=_flags(block, structure.composition, declared))

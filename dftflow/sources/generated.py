@@ -103,6 +103,32 @@ def _np(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _array(data: dict[str, Any], key: str, path: Path, ndims: tuple[int, ...], last: int | None = None) -> np.ndarray:
+    """``data[key]`` as a numeric array with one of ``ndims`` dimensions (and ``last`` values along the last)."""
+    value = data[key]
+    try:
+        array = _np(value)
+    except (TypeError, ValueError, RuntimeError) as exc:  # ragged lists, tensors numpy cannot take
+        raise InputError(f"{path}: {key!r} is not an array ({type(exc).__name__}: {exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: {key!r} is not a numeric array (got {_describe(value)})")
+    if array.ndim not in ndims or (last is not None and array.shape[-1] != last):
+        want = " or ".join(f"{n}-D" for n in ndims) + ("" if last is None else f" with {last} values per row")
+        raise InputError(f"{path}: {key!r} has shape {tuple(array.shape)}, expected {want}")
+    return array
+
+
+def _integers(array: np.ndarray, key: str, path: Path) -> np.ndarray:
+    if array.dtype.kind == "f" and not (np.isfinite(array).all() and (array == np.round(array)).all()):
+        raise InputError(f"{path}: {key!r} holds values that are not whole numbers")
+    return array.astype(np.int64)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
 def lattice_from_parameters(lengths: np.ndarray, angles: np.ndarray) -> np.ndarray:
     """Lattice rows from (a, b, c) in Å and (α, β, γ) in degrees; NaN rows if impossible."""
     from pymatgen.core import Lattice
@@ -119,31 +145,44 @@ def split_generated(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
     missing = [k for k in ("frac_coords", "num_atoms", "atom_types") if k not in data]
     if missing:
         raise InputError(f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(map(str, data))})")
-    frac = _np(data["frac_coords"]).astype(float)
-    num_atoms = _np(data["num_atoms"]).astype(int)
-    types = _np(data["atom_types"])
-    if frac.ndim == 2:  # no samples dimension
+    frac = _array(data, "frac_coords", path, (2, 3), last=3).astype(float)
+    samples = frac.ndim == 3  # a leading samples dimension
+    num_atoms = _integers(_array(data, "num_atoms", path, (2,) if samples else (1,)), "num_atoms", path)
+    types = _array(data, "atom_types", path, (frac.ndim - 1, frac.ndim))
+    if not samples:
         frac, num_atoms, types = frac[None], num_atoms[None], types[None]
     n_samples = frac.shape[0]
     if types.ndim == frac.ndim:  # per-type scores: (S, N, K) -> atomic numbers
+        if not np.isfinite(types).all():
+            raise InputError(f"{path}: 'atom_types' scores are not all finite")
         types = types.argmax(axis=-1) + 1
-    types = types.astype(int)
+    types = _integers(types, "atom_types", path)
+    if (num_atoms < 0).any():
+        raise InputError(f"{path}: 'num_atoms' holds negative counts")
 
     if "lattices" in data:
-        lattices = _np(data["lattices"]).astype(float)
+        lattices = _array(data, "lattices", path, (3, 4) if samples else (3,), last=3).astype(float)
         if lattices.ndim == 3:
             lattices = lattices[None]
+        if lattices.shape[-2] != 3:
+            raise InputError(f"{path}: 'lattices' has shape {tuple(lattices.shape)}, expected 3x3 matrices")
     elif "lengths" in data and "angles" in data:
-        lengths, angles = _np(data["lengths"]).astype(float), _np(data["angles"]).astype(float)
+        ndims = (3,) if samples else (2,)
+        lengths = _array(data, "lengths", path, ndims, last=3).astype(float)
+        angles = _array(data, "angles", path, ndims, last=3).astype(float)
+        if lengths.shape != angles.shape:
+            raise InputError(f"{path}: 'lengths' has shape {tuple(lengths.shape)}, 'angles' {tuple(angles.shape)}")
         if lengths.ndim == 2:
             lengths, angles = lengths[None], angles[None]
         lattices = np.array([[lattice_from_parameters(lens, angs) for lens, angs in zip(ls, as_)]
-                             for ls, as_ in zip(lengths, angles)])
+                             for ls, as_ in zip(lengths, angles)]).reshape(*lengths.shape[:2], 3, 3)
     else:
         raise InputError(f"{path}: needs 'lattices' or 'lengths' and 'angles'")
 
     if not (num_atoms.shape[0] == types.shape[0] == lattices.shape[0] == n_samples):
         raise InputError(f"{path}: inconsistent samples dimension across keys")
+    if types.shape[1] != frac.shape[1]:
+        raise InputError(f"{path}: 'atom_types' has {types.shape[1]} atoms per sample, 'frac_coords' {frac.shape[1]}")
     out = []
     for s in range(n_samples):
         counts = num_atoms[s]

@@ -45,7 +45,9 @@ def _remaining_walltime() -> float | None:
     end = os.environ.get("DFTFLOW_JOB_END")
     if not end:
         return None
-    margin = float(os.environ.get("DFTFLOW_STOP_MARGIN", "300"))
+    from dftflow.config.profile import stop_margin_s
+
+    margin = stop_margin_s()  # DFTFLOW_STOP_MARGIN, with the one default the rocket uses too
     return float(end) - time.time() - margin
 
 
@@ -102,14 +104,38 @@ def parse_run(directory: Path) -> dict[str, Any]:
         "magnetization": None,
         "magmoms": None,
     }
+    out["notes"] = []
+    ispin = int((vr.parameters or {}).get("ISPIN", 1) or 1)
+    if ispin == 1:
+        out["magnetization"] = 0.0  # no spin: nothing to read, and the next run stays unpolarised
+        return out
     outcar = directory / "OUTCAR"
+    reason = f"{outcar}: missing"
     if outcar.exists():
         try:
             oc = Outcar(str(outcar))
-            out["magnetization"] = float(oc.total_mag) if oc.total_mag is not None else 0.0
-            out["magmoms"] = [float(m.get("tot", 0.0)) for m in (oc.magnetization or [])]
-        except Exception:  # noqa: BLE001 - magnetisation is optional
-            out["magnetization"] = None
+            if oc.total_mag is None:
+                raise ValueError("no total magnetisation printed")
+            out["magnetization"] = float(oc.total_mag)
+            out["magmoms"] = [float(m.get("tot", 0.0)) for m in (oc.magnetization or [])] or None
+            return out
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many kinds on a damaged OUTCAR
+            reason = f"{outcar}: unreadable ({type(exc).__name__}: {str(exc).strip()[:120]})"
+    from dftflow.vasp.outputs import oszicar_magnetization
+
+    oszicar = directory / "OSZICAR"
+    total = None
+    try:
+        total = oszicar_magnetization(oszicar) if oszicar.exists() else None
+    except DftflowError as exc:
+        reason += f"; {exc}"
+    if total is not None:
+        out["magnetization"] = total
+        out["notes"].append(f"magnetisation {total:.4f} μB from OSZICAR, no site moments ({reason})")
+    else:
+        out["notes"].append(f"magnetisation unknown ({reason}; OSZICAR has none): the next run chooses ISPIN "
+                            "by the input set's rules")
+    return out
     return out
 
 
@@ -175,14 +201,27 @@ def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
     notes = []
     contcar = workdir / "CONTCAR"
     if iset.calculation == "relax" and contcar.exists() and contcar.stat().st_size > 0:
-        try:  # an interrupted earlier attempt: continue from its last geometry
-            structure = Structure.from_file(contcar)
+        # an interrupted earlier attempt: continue from its last geometry, if it is one of this structure
+        try:
+            found = Structure.from_file(contcar)
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many kinds on a damaged POSCAR
+            found, why = None, f"unreadable ({type(exc).__name__}: {str(exc).strip()[:120]})"
+        else:
+            why = ("holds " + found.composition.reduced_formula + ", not " + structure.composition.reduced_formula
+                   if found.composition != structure.composition else "")
+        if found is not None and not why:
+            structure = found
             notes.append("continued from the CONTCAR of an interrupted attempt")
-        except Exception:  # noqa: BLE001 - an unreadable CONTCAR: start over
-            pass
+        else:
+            contcar.replace(workdir / "CONTCAR.rejected")  # kept for a look, out of VASP's way
+            notes.append(f"the CONTCAR of an earlier attempt {why}: started over from the input structure "
+                         "(the file is kept as CONTCAR.rejected)")
     previous = None
     if prev_magnetization is not None:
         previous = {"magnetization": prev_magnetization, "magmoms": prev_magmoms}
+    elif prev_dir:
+        notes.append(f"the magnetisation of the run in {prev_dir} is unknown (see its notes): ISPIN by the input "
+                     "set's rules")
     potcar_dir = os.environ.get("DFTFLOW_POTCAR_DIR")
     history = []
     for rung in range(0, len(iset.ladder) + 1 if maker.climb_ladder else 1):
@@ -199,6 +238,9 @@ def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
             else:
                 shutil.copyfile(src, workdir / "CHGCAR")
         cmd = shlex.split(vasp_command(maker.command))
+        # custodian's WalltimeHandler keeps its first start time in the environment: each rung counts
+        # its own remaining time from now instead
+        os.environ.pop("CUSTODIAN_WALLTIME_START", None)
         t0 = time.perf_counter()
         custodian = Custodian(_handlers(_remaining_walltime()), [VaspJob(cmd, auto_npar=False, final=True)],
                               max_errors=maker.max_errors, polling_time_step=2, monitor_freq=5,
@@ -212,6 +254,7 @@ def run_vasp(maker: VaspMaker, structure: Any, *, prev_dir: str | None = None,
         stderr = workdir / "std_err.txt"
         if error is None:
             result = parse_run(workdir)
+            notes.extend(result.pop("notes"))
             if result["converged_electronic"] or not maker.climb_ladder:
                 break
             error = "SCF not converged"

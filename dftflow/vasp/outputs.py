@@ -7,6 +7,7 @@ electronic steps, as OSZICAR prints them.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -44,3 +45,26 @@ def outcar_steps(path: str | Path) -> list[int]:
             ionic, electronic = int(match.group(1)), int(match.group(2))
             last[ionic] = max(last.get(ionic, 0), electronic)
     return [last[i] for i in sorted(last)]
+
+
+_OSZICAR_MAG = re.compile(r"\bmag=\s*(\S+)")
+
+
+def oszicar_magnetization(path: str | Path) -> float | None:
+    """The total magnetisation (μB per cell) on the last ionic line of an OSZICAR.
+
+    ``None`` when no ionic line carries a finite ``mag=`` value (a non-spin-polarised
+    run prints none).
+    """
+    value = None
+    for line in read_text(path).splitlines():
+        if _OSZICAR_IONIC.match(line):
+            match = _OSZICAR_MAG.search(line)
+            value = None
+            if match:
+                try:
+                    number = float(match.group(1))
+                except ValueError:
+                    number = float("nan")
+                value = number if math.isfinite(number) else None
+    return value

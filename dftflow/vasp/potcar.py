@@ -34,7 +34,7 @@ _DESCRIPTION = re.compile(r"^\s*Description\s*\n\s*l\s+E\s+TYP\s+RCUT.*\n((?:\s*
                           re.MULTILINE)
 _NONLOCAL = re.compile(r"non local Contribution for L=\s*(\d+)")
 _LMAX = re.compile(r"number of l-projection\s+operators is LMAX\s*=\s*(\d+)")
-_LMAXMIX = re.compile(r"^\s*LMAXMIX\s*=\s*(\d+)", re.MULTILINE)
+_LMAXMIX = re.compile(r"^\s*LMAXMIX\s*=\s*(\S*)", re.MULTILINE)
 _ELEMENT = re.compile(r"^([A-Z][a-z]?)")
 
 
@@ -108,7 +108,11 @@ def read_potcar_channels(path: str | Path) -> list[PotcarChannels]:
 def read_lmaxmix(path: str | Path) -> int | None:
     """LMAXMIX of an OUTCAR (None when it does not say)."""
     m = _LMAXMIX.search(_text(path))
-    return int(m.group(1)) if m else None
+    if m is None:
+        return None
+    if not m.group(1).isdigit():
+        raise InputError(f"{path}: LMAXMIX is {m.group(1)!r}, not a whole number")
+    return int(m.group(1))
 
 
 def species_projector_l(channels: list[PotcarChannels], species: list[str],

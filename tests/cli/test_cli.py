@@ -75,7 +75,15 @@ def test_build_dataset_demo_json_and_figures(tmp_path: Path) -> None:
     listed = json.loads(dftflow("candidates", "show", "demo:Si.cif", "-p", str(tmp_path / "p"), "--json",
                                 check=True).stdout)
     assert [o["filter"] for o in listed["outcomes"]][-1] == "dedup"
-    assert "hse" in listed["selections"] or listed["selections"] == []
+    # a candidate lists exactly the selections the catalog holds it in: one chosen for HSE06 and one not
+    with sqlite3.connect(tmp_path / "p" / "catalog.sqlite") as db:
+        hse = {u for (u,) in db.execute("SELECT uid FROM selections WHERE name='hse'")}
+        passed = {u for (u,) in db.execute("SELECT uid FROM outcomes WHERE filter='dedup' AND status='pass'")}
+    assert len(hse) == 6 and hse < passed
+    for uid in (sorted(hse)[0], sorted(passed - hse)[0]):
+        shown = json.loads(dftflow("candidates", "show", uid, "-p", str(tmp_path / "p"), "--json",
+                                   check=True).stdout)
+        assert shown["selections"] == (["hse"] if uid in hse else []), (uid, shown["selections"])
 
 
 def test_recipe_trains_a_model_and_evaluates_scf_acceleration(tmp_path: Path) -> None:

@@ -99,3 +99,37 @@ def test_profiles_check_prints_the_batch_script_of_the_profile(monkeypatch) -> N
     assert "#SBATCH --hint=nomultithread" in warned["script"]
     local = json.loads(CliRunner().invoke(app, ["profiles", "check", "local", "--json"]).output)
     assert local["script"] is None and local["warnings"] == []
+
+
+def test_a_stop_margin_as_long_as_the_walltime_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: p\nscheduler: slurm\nslurm:\n  walltime: '00:10:00'\n  stop_margin_s: 600\n",
+                 "p.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_profile(path)
+    assert str(path) in str(err.value) and "stop_margin_s (600 s) must be shorter than the walltime" in str(err.value)
+
+
+def test_the_stop_margin_in_force_comes_from_the_batch_script_or_the_one_default(monkeypatch) -> None:
+    from dftflow.config.profile import DEFAULT_STOP_MARGIN_S, SlurmSettings, stop_margin_s
+
+    monkeypatch.delenv("DFTFLOW_STOP_MARGIN", raising=False)
+    assert stop_margin_s() == DEFAULT_STOP_MARGIN_S == SlurmSettings().stop_margin_s
+    monkeypatch.setenv("DFTFLOW_STOP_MARGIN", "45")
+    assert stop_margin_s() == 45
+    monkeypatch.setenv("DFTFLOW_STOP_MARGIN", "five minutes")
+    with pytest.raises(ConfigError, match="DFTFLOW_STOP_MARGIN='five minutes'"):
+        stop_margin_s()
+
+
+@pytest.mark.parametrize("raw, says", [(b"name: x\xff\n", "line 1: not UTF-8 text (byte 0xff)"),
+                                       (b"name: a\n\nb: c\x07d\n", "line 3: invalid YAML (control character 0x07)"),
+                                       (b"a: [1,\n", "line 2: invalid YAML")])
+def test_every_yaml_file_error_is_one_line_naming_the_file(tmp_path: Path, raw: bytes, says: str) -> None:
+    from dftflow.config.base import read_yaml
+    from dftflow.errors import ConfigError
+
+    path = tmp_path / "profile.yaml"  # profiles, input sets and recipes all read through read_yaml
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as err:
+        read_yaml(path)
+    assert str(err.value).startswith(f"{path}: {says}") and "\n" not in str(err.value), str(err.value)

@@ -24,7 +24,7 @@ def test_the_default_model_is_bundled_with_a_matching_card() -> None:
     assert len(card["elements"]) >= 30 and {"O", "Si", "Fe", "Zn"} <= set(card["elements"])
     assert card["settings"]["overrides"] == {"ecut": 300, "kpoint_density": 12}
     assert 0 <= card["metrics"]["correction_scale"] <= 2
-    from dftflow.ml.train import load_checkpoint
+    from dftflow.ml.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     assert "optimizer" not in ckpt and ckpt["target"] == "smooth_delta"

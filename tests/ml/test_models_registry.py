@@ -19,9 +19,10 @@ from pymatgen.core import Lattice, Structure
 import dftflow.models as registry
 from dftflow.cli.app import main
 from dftflow.errors import InputError
-from dftflow.ml.model import ModelConfig
+from dftflow.ml.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from dftflow.ml.config import TrainConfig
+from dftflow.ml.model import ModelConfig, build_model
 from dftflow.ml.predict import load_model, predict_density
-from dftflow.ml.train import TrainConfig, TrainState, build_model, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"num_interactions": 1, "mul": 8, "lmax": 1, "num_basis": 6, "radial_neurons": 8}

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from dftflow.dataset.harvest import from_directory, harvest
-from dftflow.ml.train import TrainConfig, load_checkpoint, train
+from dftflow.ml.checkpoint import load_checkpoint
+from dftflow.ml.config import TrainConfig
+from dftflow.ml.train import train
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def test_relative_l1_weighs_every_structure_by_its_own_scale() -> None:
     """Two structures with the same relative error contribute the same loss, whatever their density scale."""
     import torch
 
-    from dftflow.ml.train import _loss
+    from dftflow.ml.loss import training_loss
 
     target = torch.tensor([0.01, -0.01, 1.0, -1.0])
     batch = {"target": target, "probe_weight": torch.tensor([100.0, 100.0, 1.0, 1.0]),
@@ -120,7 +122,7 @@ def test_relative_l1_weighs_every_structure_by_its_own_scale() -> None:
     def model(b):
         return b["pred"]
 
-    plain = _loss(model, batch, spin=False)
-    relative = _loss(model, batch, spin=False, relative=True)
+    plain = training_loss(model, batch, spin=False)
+    relative = training_loss(model, batch, spin=False, relative=True)
     assert float(plain) == pytest.approx((0.005 * 2 + 0.5 * 2) / 4)
     assert float(relative) == pytest.approx(0.5)  # each point: 50 % of its structure's mean |target|

@@ -37,7 +37,8 @@ def test_harvest_keeps_what_reads_the_blocks(si_vasp_dataset: Path) -> None:
 @pytest.fixture(scope="module")
 def vasp_head_checkpoint(si_vasp_dataset: Path, tmp_path_factory) -> tuple[Path, dict]:
     """A small ChargE3Net trained jointly on the Si VASP density and its augmentation occupancies."""
-    from dftflow.ml.train import TrainConfig, train
+    from dftflow.ml.config import TrainConfig
+    from dftflow.ml.train import train
 
     out = tmp_path_factory.mktemp("vasp-head") / "fit"
     summary = train(TrainConfig.model_validate({

@@ -238,11 +238,17 @@ def test_pauling_file_one_entry_per_structure_block(cif_dir: Path, name: str, pa
 def test_nh3_is_flagged_not_silently_nihonium(cif_dir: Path) -> None:
     entries = [e for e in import_all("cif", cif_dir / "PF_sd_1002871.cif") if e.ok]
     assert entries
+    from dftflow.screening.filters import OrderFilter
+
     for e in entries:
         elements = set(elements_of(e))
         assert {"Cu", "Br"} <= elements
-        if elements - {"Cu", "Br", "N", "H"}:  # 'NH3' read as something other than N and H
-            assert "implicit_hydrogens" in e.flags
+        # pymatgen reads the 'NH3' type symbol as nihonium (Nh): the flag is what says it is not
+        assert elements - {"Cu", "Br", "N", "H"} <= {"Nh"}
+        assert "implicit_hydrogens" in e.flags
+        # ... and screening rejects the entry for it, with that reason
+        outcome = OrderFilter().check(unpack(e.packed), e.flags)
+        assert outcome.status == "fail" and outcome.reason == "implicit hydrogens"
 
 
 def _plain(cif_dir: Path, names: list[str]) -> dict[str, list[dict]]:

@@ -17,16 +17,14 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from dftflow.catalog import Catalog  # noqa: E402
-from dftflow.config.recipe import Recipe  # noqa: E402
-from dftflow.screening.stages import run_import  # noqa: E402
-from dftflow.sources.discover import discover, run_import_task  # noqa: E402
-from dftflow.sources.generated import Opaque, load_pt  # noqa: E402
-from dftflow.sources.records import Imported, unpack  # noqa: E402
+from dftflow.catalog import Catalog
+from dftflow.config.recipe import Recipe
+from dftflow.screening.stages import run_import
+from dftflow.sources.discover import discover, run_import_task
+from dftflow.sources.generated import Opaque, load_pt
+from dftflow.sources.records import Imported, unpack
 
 
 class FakeBatch:

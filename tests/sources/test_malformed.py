@@ -95,7 +95,7 @@ def slow_cif(n_sites: int, blocks: int = 1, seed: int = 0) -> str:
 
 
 def write_pt(path: Path, structures: list[tuple], *, lattices: np.ndarray | None = None) -> Path:
-    torch = pytest.importorskip("torch")
+    import torch
     data = {
         "frac_coords": torch.tensor([r for s in structures for r in s[3]], dtype=torch.float64),
         "num_atoms": torch.tensor([len(s[0]) for s in structures]),
@@ -305,7 +305,7 @@ def test_damaged_zip_archives(cif_dir: Path, tmp_path: Path) -> None:
 
 
 def test_unusable_pt_in_a_directory_does_not_block_the_others(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     gen = tmp_path / "runs"
     (gen / "a").mkdir(parents=True)
     (gen / "b").mkdir()

@@ -6,21 +6,20 @@ import gzip
 import json
 from pathlib import Path
 
+import atomate2  # noqa: F401 - a broken install fails here, not skips
 import pytest
 from pymatgen.core import Structure
 from pymatgen.io.vasp import Incar, Kpoints, Poscar, Vasprun
 
-pytest.importorskip("atomate2")
-
-from dftflow.vasp.atomate2 import (  # noqa: E402 - after the importorskip
+from dftflow.vasp.atomate2 import (
     EcdHseStaticMaker,
     EcdInputGenerator,
     EcdRelaxMaker,
     EcdStaticMaker,
     ecd_atomate2_flow,
 )
-from dftflow.vasp.inputs import resolve_inputs  # noqa: E402
-from dftflow.vasp.jobs import parse_run  # noqa: E402
+from dftflow.vasp.inputs import resolve_inputs
+from dftflow.vasp.jobs import parse_run
 
 MATERIALS = ["icsd-1611-O3Pb1Ti1", "icsd-163383-O1Zn1", "icsd-183198-Cd1N1", "icsd-99966-Fe10Si6"]
 # (input set, the ECD run whose POSCAR it is given, ladder rung): the HSE rungs are those ECD ran on

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dftflow.cli.app import app
+from dftflow.errors import DftflowError
 
 MATERIALS = ["icsd-1611-O3Pb1Ti1", "icsd-163383-O1Zn1", "icsd-183198-Cd1N1", "icsd-99966-Fe10Si6"]
 # The rung of the HSE06 ladder each ECD run was on (k-point spacing 0.03 → 0.04 → looser EDIFF/NELM).
@@ -166,7 +167,17 @@ def test_mp_sets_write_the_poscar_in_the_potcar_order(tmp_path: Path) -> None:
 
 
 def test_unknown_set_and_bad_structure_are_named(tmp_path: Path, shared: Path) -> None:
+    # the project's own errors, naming what is wrong: no crash inside a parser, no traceback
+    good = shared / "fixtures" / "cif" / "CuCl.cif"
+    res = CliRunner().invoke(app, ["inputs", "show", str(good), "--set", "no-such-set"])
+    assert res.exit_code != 0 and isinstance(res.exception, DftflowError), res.exception
+    assert "no-such-set" in str(res.exception) and "ecd-pbe-static" in str(res.exception)  # lists the bundled
+
     bad = tmp_path / "POSCAR"
     bad.write_text("not a structure\n")
     res = CliRunner().invoke(app, ["inputs", "show", str(bad)])
-    assert res.exit_code != 0 and "POSCAR" in str(res.exception or res.output)
+    assert res.exit_code != 0 and isinstance(res.exception, DftflowError), res.exception
+    assert str(bad) in str(res.exception) and "cannot read a structure" in str(res.exception)
+
+    res = CliRunner().invoke(app, ["inputs", "show", str(good)])  # the same command on a good file works
+    assert res.exit_code == 0 and "ENCUT" in res.output

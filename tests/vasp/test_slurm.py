@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -38,11 +39,12 @@ def setup(cluster, shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     """A profile for the local cluster, the double configured, SLURM_CONF set; returns helpers."""
     monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
 
-    def profile(walltime: str = "00:05:00", pack: int = 1, max_queued: int = 10, margin: int = 0) -> Path:
+    def profile(walltime: str = "00:05:00", pack: int = 1, max_queued: int = 10, margin: int = 0,
+                **slurm) -> Path:
         data = {"name": "test-slurm", "scheduler": "slurm", "pack": pack,
                 "slurm": {"partition": "debug", "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 1,
                           "walltime": walltime, "stop_margin_s": margin, "max_queued": max_queued,
-                          "extra_directives": ["--mem=100M"]},
+                          "extra_directives": ["--mem=100M"], **slurm},
                 "commands": {"vasp_std": f"{sys.executable} {DOUBLE}"}, "store": {"type": "file"}}
         path = tmp_path / "profile.yaml"
         path.write_text(yaml.safe_dump(data))
@@ -50,7 +52,8 @@ def setup(cluster, shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     poscar = tmp_path / "Si.vasp"
     poscar.write_bytes(gzip.decompress((shared / SI / "GGA_Relax_1" / "inputs" / "POSCAR.gz").read_bytes()))
-    return {"profile": profile, "poscar": poscar, "double": vasp_double, "project": tmp_path / "project"}
+    return {"profile": profile, "poscar": poscar, "double": vasp_double, "project": tmp_path / "project",
+            "double-state": tmp_path / "double-state"}
 
 
 def cli(*args: str) -> dict:
@@ -171,3 +174,144 @@ def test_accel_eval_arms_run_through_slurm(setup, shared: Path, si_checkpoint: P
     assert row["steps_default"] == 10 and row["ratio_ml"] == 1.0  # the replayed GGA_Static run
     assert report["settings"]["nfixed"] == 5 and report["problems"] == []
     assert len(list((out / "launches").glob("*/results/*.json"))) == 5
+
+
+def submit(setup, **profile) -> dict:
+    return cli("submit", str(setup["poscar"]), "-p", str(setup["project"]), "--profile",
+               str(setup["profile"](**profile)), "--relax-set", "mp-relax", "--static-set", "mp-static")
+
+
+def jobs_by_name(project: Path) -> dict[str, dict]:
+    """The project's jobs by name, each with its history (lost, stopped, requeued, ...)."""
+    queue = JobQueue(project / "jobs.sqlite")
+    try:
+        return {j["name"]: {**j, "history": queue.history(j["uuid"])} for j in queue.jobs()}
+    finally:
+        queue.close()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.5)
+
+
+def slurm_job(cluster, slurm_id: str) -> dict[str, str]:
+    """``scontrol show job`` as key=value pairs (kept for MinJobAge after the end)."""
+    out = cluster.run("scontrol", "show", "job", "-o", slurm_id).stdout
+    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
+def test_stopcar_before_the_walltime_ends_vasp_cleanly_and_requeues_the_job(setup, cluster) -> None:
+    """walltime 2 min, stop margin 30 s: custodian writes a STOPCAR ~30 + 60 s (its buffer) before the end,
+    the double ends at the next ionic step with a readable partial run, and the relax goes back to the
+    queue (READY, its reason recorded); the next allocation continues it from the CONTCAR."""
+    project, margin = setup["project"], 30
+    setup["double"](sleep={"GGA_Relax_1": 90})  # 3 ionic steps of 30 s: would outlast the STOPCAR
+    out = submit(setup, walltime="00:02:00", margin=margin)
+    [launch] = out["launched"]
+    status = wait_until_settled(project, timeout=200)
+    # the rocket ended by itself: no SLURM kill at the time limit, no failure
+    assert status["launches"][0]["slurm_state"] == "COMPLETED" and status["failures"] == []
+    jobs = jobs_by_name(project)
+    relax, static = jobs["relax"], jobs["static"]
+    assert relax["state"] == "READY" and relax["attempts"] == 1
+    assert relax["error"].startswith("stopped cleanly: STOPCAR (LSTOP = .TRUE.)")
+    assert relax["history"][-1]["event"] == "stopped"
+    assert static["state"] == "WAITING" and static["history"][-1]["event"] == "waiting"
+    # the STOPCAR was written before the margin, within custodian's buffer (60 s) and check interval (10 s)
+    result = json.loads((Path(launch["dir"]) / "results" / f"{relax['uuid']}.json").read_text())
+    assert result["state"] == "STOPPED"
+    info = slurm_job(cluster, launch["slurm_id"])
+    start = datetime.fromisoformat(info["StartTime"]).timestamp()
+    assert abs(result["job_end"] - (start + 120)) <= 3  # DFTFLOW_JOB_END is the allocation's real end
+    [stop] = [json.loads(x) for x in (setup["double-state"] / "stops.jsonl").read_text().splitlines()]
+    workdir = Path(stop["dir"])
+    stopcar = workdir / "STOPCAR"
+    left = result["job_end"] - stopcar.stat().st_mtime
+    assert margin < left <= margin + 60 + 10 + 5, left
+    # VASP (the double) honoured LSTOP at its next ionic step and left a complete, readable partial run
+    assert stop["stop"] == "LSTOP" and 1 <= stop["ionic_steps"] < stop["of"] == 3
+    assert stop["time"] < result["job_end"] - margin
+    run = Vasprun(str(workdir / "vasprun.xml"), parse_dos=False, parse_eigen=False, parse_potcar_file=False)
+    assert len(run.ionic_steps) == stop["ionic_steps"]
+    assert (workdir / "CONTCAR").stat().st_size > 0
+    walltime = [c for run_ in json.loads((workdir / "custodian.json").read_text()) for c in run_["corrections"]]
+    assert any("Walltime reached" in c["errors"] for c in walltime)
+    # the next allocation continues the relaxation from its CONTCAR, then runs the static
+    setup["double"]()
+    again = submit(setup)
+    assert len(again["launched"]) == 1
+    status = wait_until_settled(project)
+    assert status["counts"]["COMPLETED"] == 2, status["failures"]
+    queue = JobQueue(project / "jobs.sqlite")
+    doc = next(j for j in queue.jobs() if j["name"] == "relax")["output"]["output"]
+    queue.close()
+    assert any("CONTCAR" in n for n in doc["notes"])
+
+
+def test_rocket_starts_no_job_with_less_than_the_stop_margin_left(setup) -> None:
+    """walltime 1 min, stop margin 45 s, 20 s spent before the rocket starts: the relax is not started and
+    goes back to the queue untouched (READY, no attempt counted), with the reason."""
+    project = setup["project"]
+    setup["double"]()
+    out = submit(setup, walltime="00:01:00", margin=45, pre_run=["sleep 20"])
+    [launch] = out["launched"]
+    status = wait_until_settled(project, timeout=150)
+    assert status["launches"][0]["slurm_state"] == "COMPLETED" and status["failures"] == []
+    jobs = jobs_by_name(project)
+    assert jobs["relax"]["state"] == "READY" and jobs["relax"]["attempts"] == 0
+    assert jobs["static"]["state"] == "WAITING"
+    reason = jobs["relax"]["history"][-1]["reason"]
+    assert f"not started in SLURM job {launch['slurm_id']} (COMPLETED)" in reason
+    assert "less than the stop margin of 45 s" in reason
+    assert not list((Path(launch["dir"]) / "results").iterdir())  # nothing started, nothing reported
+    assert not (setup["double-state"] / "reads.jsonl").exists()  # VASP never ran
+    # it is pending work for the next allocation
+    nxt = cli("submit", "-p", str(project), "--profile", str(setup["profile"]()), "--dry-run")
+    assert [x["flows"] for x in nxt["launched"]] == [launch["flows"]]
+
+
+def _assert_running_job_lost(setup, launch: dict, end: str) -> None:
+    project = setup["project"]
+    status = wait_until_settled(project, timeout=120)
+    assert status["launches"][0]["slurm_state"] == end
+    jobs = jobs_by_name(project)
+    relax, static = jobs["relax"], jobs["static"]
+    assert relax["state"] == "LOST"
+    assert relax["error"] == f"lost: SLURM job {launch['slurm_id']} ended {end} while it ran"
+    assert static["state"] == "WAITING" and static["attempts"] == 0  # never started: back in the queue
+    assert not (Path(launch["dir"]) / "results" / f"{relax['uuid']}.json").exists()
+    # lost work is re-runnable: `retry` puts it back in the queue
+    queue = JobQueue(project / "jobs.sqlite")
+    try:
+        assert queue.retry() == 1
+        assert {j["name"]: j["state"] for j in queue.jobs()} == {"relax": "READY", "static": "WAITING"}
+    finally:
+        queue.close()
+
+
+def test_cancelled_allocation_loses_its_running_job(setup, cluster) -> None:
+    setup["double"](sleep={"GGA_Relax_1": 600})
+    [launch] = submit(setup)["launched"]
+    wait_for(lambda: (setup["double-state"] / "reads.jsonl").exists(), 120, "the relax started")
+    cluster.run("scancel", launch["slurm_id"])
+    _assert_running_job_lost(setup, launch, "CANCELLED")
+
+
+def test_node_failure_loses_the_running_job(setup, cluster) -> None:
+    """A node set DOWN under a running allocation (not requeued: --no-requeue) ends it NODE_FAIL."""
+    node = cluster.run("sinfo", "-h", "-o", "%N").stdout.strip()
+    setup["double"](sleep={"GGA_Relax_1": 600})
+    [launch] = submit(setup, extra_directives=["--mem=100M", "--no-requeue"])["launched"]
+    wait_for(lambda: (setup["double-state"] / "reads.jsonl").exists(), 120, "the relax started")
+    try:
+        cluster.run("scontrol", "update", f"nodename={node}", "state=down", "reason=dftflow-test")
+        wait_for(lambda: slurm_job(cluster, launch["slurm_id"]).get("JobState") == "NODE_FAIL", 60,
+                 "the allocation ending NODE_FAIL")
+    finally:
+        cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
+        wait_for(lambda: cluster.run("sinfo", "-h", "-o", "%t").stdout.strip() == "idle", 60, "the node idle again")
+    _assert_running_job_lost(setup, launch, "NODE_FAIL")
