@@ -1,4 +1,4 @@
-"""The ECD tables cover every element: POTCARs of PBE.54 with pymatgen's ZVAL, AFLOW's U, LMAXMIX and the HSE06 +U rule."""
+"""The ECD tables cover every element: PBE.54 POTCARs with pymatgen's ZVAL, AFLOW's U, LMAXMIX, the HSE06 +U rule."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def test_every_element_of_pbe54_has_a_potcar_of_that_library() -> None:
 
 @pytest.mark.parametrize("potcar", sorted(set(_potcar_table()["symbols"].values())))
 def test_zval_is_pymatgens_metadata(potcar: str) -> None:
-    """ZVAL of every POTCAR the ECD sets use equals pymatgen's POTCAR metadata (PBE_54), every stored version agreeing."""
-    values = {round(entry["ZVAL"], 6) for key, titles in _stats("PBE_54").items() for entry in titles
+    """ZVAL of every POTCAR the ECD sets use equals pymatgen's POTCAR metadata (PBE_54, all stored versions)."""
+    values = {round(entry["ZVAL"], 6) for titles in _stats("PBE_54").values() for entry in titles
               if entry["symbol"] == potcar}
     assert len(values) == 1, values
     assert zval(potcar, "PBE_54") == int(values.pop())
