@@ -93,6 +93,9 @@ class VaspInputSet(StrictModel):
                                     description="LMAXMIX by the highest shell that gets U (d: 4, f: 6)")
     spin: SpinSettings = Field(default_factory=SpinSettings)
     ladder: list[Rung] = Field(default_factory=list)
+    deliberate: dict[str, str] = Field(default_factory=dict,
+                                       description="fields where the set knowingly differs from some runs it "
+                                                   "reproduces, with the reason (reported by `inputs diff`)")
     pymatgen_set: str | None = Field(default=None, description="mp family: MPRelaxSet or MPStaticSet")
     reciprocal_density: int | None = Field(default=None, gt=0, description="mp family: k-points per Å⁻³")
 
