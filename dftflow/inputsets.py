@@ -37,13 +37,24 @@ class RelaxSettings(StrictModel):
 
 
 class HubbardEntry(StrictModel):
-    U: float = Field(ge=0, description="U_eff = U - J in eV (Dudarev)")
+    U: float = Field(ge=0, description="U in eV (LDAUU); Dudarev's scheme uses U - J")
+    J: float = Field(default=0.0, ge=0, description="J in eV (LDAUJ)")
+    orbital: Literal["d", "f"] | None = Field(default=None, description="shell with U (default: the table's)")
     source: str = ""
+    ecd: float | None = Field(default=None, description="the value an ECD OUTCAR printed, where one did")
+
+    @property
+    def u_eff(self) -> float:
+        return self.U - self.J
 
 
 class HubbardTable(StrictModel):
     orbital: Literal["d", "f"] = "d"
     values: dict[str, HubbardEntry]
+
+    def shell(self, element: str) -> Literal["d", "f"]:
+        entry = self.values[element]
+        return entry.orbital or self.orbital
 
 
 class InputSet(StrictModel):
@@ -66,12 +77,16 @@ class InputSet(StrictModel):
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     def hubbard(self) -> dict[str, float]:
-        """U_eff per element (empty when the set uses no U)."""
+        """U_eff = U - J per element (empty when the set uses no U)."""
+        return {el: u for el, (_, u) in self.hubbard_shells().items()}
+
+    def hubbard_shells(self) -> dict[str, tuple[str, float]]:
+        """Element → (shell, U_eff) for every element with U_eff > 0."""
         if self.hubbard_u is None:
             return {}
         path = Path(self.hubbard_u)
         table = load_yaml_model(path if path.is_absolute() else self.base_dir / path, HubbardTable)
-        return {el: e.U for el, e in table.values.items() if e.U > 0}
+        return {el: (table.shell(el), round(e.u_eff, 6)) for el, e in table.values.items() if e.u_eff > 0}
 
     def spin_polarized(self, symbols: list[str]) -> bool:
         if self.spin == "auto":

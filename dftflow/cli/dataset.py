@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dftflow.cli.common import JsonOpt, RichProgress, WorkersOpt, console, print_json
+from dftflow.cli.common import JsonOpt, RichProgress, WorkersOpt, console, err_console, print_json
 from dftflow.errors import InputError
 
 app = typer.Typer(help="Inspect HDF5 charge-density datasets.", no_args_is_help=True)
@@ -19,20 +19,36 @@ def harvest(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory (created if missing).")],
     workers: WorkersOpt = None,
     compression: Annotated[str, typer.Option(help="gzip (smaller) or lzf (faster).")] = "gzip",
+    functional: Annotated[str | None, typer.Option(
+        help="Label every density of a CHGCAR tree with this functional (PBE, PBE+U, HSE06); "
+             "needed where no OUTCAR lies beside the CHGCARs.")] = None,
+    engine: Annotated[str | None, typer.Option(help="Label every density of a CHGCAR tree with this engine "
+                                                    "(vasp, gpaw).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Harvest charge densities into an HDF5 dataset (resumable; bad files are quarantined)."""
-    from dftflow.dataset.harvest import from_directory, from_project
+    from dftflow.dataset.harvest import from_directory, from_project, unlabelled
     from dftflow.dataset.harvest import harvest as run
 
+    if engine is not None and engine.lower() not in ("vasp", "gpaw"):
+        raise InputError(f"--engine {engine!r}: expected vasp or gpaw")
+    labels = {"functional": functional, "engine": engine.lower() if engine else None}
     items = []
     for src in sources:
         if not src.exists():
             raise InputError(f"{src}: no such directory")
         items += list(from_project(src.resolve())) if (src / "jobs.sqlite").exists() \
-            else list(from_directory(src.resolve()))
+            else list(from_directory(src.resolve(), labels=labels))
+    bare = unlabelled(items)
+    if bare:
+        missing = [k for k in ("functional", "engine") if not labels[k]]
+        msg = (f"{len(bare)} of {len(items)} densities have no OUTCAR beside them and no --{' / --'.join(missing)}:"
+               f" they will be stored without {' and '.join(missing)}, and `dftflow train` cannot put them in a "
+               f"PBE or HSE task. Label the tree, e.g. `dftflow harvest DIR --functional PBE --engine vasp`.")
+        err_console.print(f"[yellow]warning:[/] {msg}")
     with RichProgress(enabled=not json_) as progress:
         summary = run(items, out.resolve(), workers=workers or 1, progress=progress, compression=compression)
+    summary["unlabelled"] = len(bare)
     if json_:
         print_json(summary)
         return

@@ -55,3 +55,66 @@ def show(
     console.print("POTCAR:  " + " ".join(inputs.potcar_symbols))
     for note in inputs.notes:
         console.print(f"[dim]{note}[/]")
+
+
+_SET_HELP = ("Input set (default: the ECD set the run looks like: HSE06 when LHFCALC, relax when NSW > 0, "
+             "else the PBE static).")
+
+
+@app.command("diff")
+def diff(
+    target: Annotated[Path, typer.Argument(help="A structure file (then OUTCAR is needed), or a directory of runs.")],
+    outcar: Annotated[Path | None, typer.Argument(help="The OUTCAR (plain or .gz) of the run of STRUCTURE.")] = None,
+    set_: Annotated[str | None, typer.Option("--set", help=_SET_HELP)] = None,
+    rung: Annotated[int | None, typer.Option(help="Rung to compare with (default: the rung that fits best).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Where what an OUTCAR printed differs from the input set, field by field; over a directory, the parity table."""
+    from dftflow.vasp.audit import diff_run, diff_tree, parity
+
+    if target.is_dir():
+        if outcar is not None:
+            raise InputError(f"{target} is a directory of runs: give no OUTCAR argument")
+        diffs = diff_tree(target, set_, rung)
+        summary = parity(diffs)
+        if json_:
+            print_json({"parity": summary, "runs": [d.as_dict() for d in diffs]})
+            return
+        table = Table("run", "set", "rung", "matched", "misses")
+        for d in diffs:
+            table.add_row(d.run, d.inputset, str(d.rung), f"{len(d.fields) - len(d.misses)}/{len(d.fields)}",
+                          ", ".join(f.field + (" (deliberate)" if f.deliberate else "") for f in d.misses) or "-")
+        console.print(table)
+        _print_parity(summary)
+        return
+    if outcar is None:
+        raise InputError(f"{target}: a structure needs its OUTCAR as the second argument (or give a directory)")
+    result = diff_run(read_structure(target), outcar, set_, rung)
+    if json_:
+        print_json(result.as_dict())
+        return
+    console.print(f"[bold]{outcar}[/] against [bold]{result.inputset}[/] (rung {result.rung}): "
+                  f"{len(result.fields) - len(result.misses)}/{len(result.fields)} fields match")
+    table = Table("field", "run (OUTCAR)", "input set", "")
+    for f in result.fields:
+        if not f.match:
+            table.add_row(f.field, _show(f.run), _show(f.inputset), f"[dim]{f.deliberate}[/]" if f.deliberate else "")
+    if result.misses:
+        console.print(table)
+    else:
+        console.print("no differences")
+    if result.not_printed:
+        console.print(f"[dim]not printed by this OUTCAR, not compared: {', '.join(result.not_printed)}[/]")
+
+
+def _show(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _print_parity(summary: dict[str, Any]) -> None:
+    console.print(f"[bold]parity[/]: {summary['matched']}/{summary['total']} fields "
+                  f"({100 * summary['fraction']:.1f} %) over {summary['runs']} runs; "
+                  f"{summary['deliberate_misses']} misses are the set's documented deviations "
+                  f"({100 * summary['fraction_without_deliberate']:.1f} % without them)")
+    if summary["misses_by_field"]:
+        console.print("misses by field: " + ", ".join(f"{k} {v}" for k, v in summary["misses_by_field"].items()))

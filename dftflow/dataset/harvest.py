@@ -115,12 +115,16 @@ def check_against_outcar(density: Any, item: HarvestItem, meta: dict[str, Any]) 
                            f"run of {item.outcar} (the file is cut short?)")
 
 
-def from_directory(root: Path) -> Iterator[HarvestItem]:
+def from_directory(root: Path, *, labels: dict[str, str] | None = None) -> Iterator[HarvestItem]:
     """CHGCAR files below ``root``; the id is the file's directory relative to ``root``.
 
     A ``density.npz`` beside a CHGCAR (a dftflow GPAW run directory) adds its PAW density matrices.
+    ``labels`` (``functional``, ``engine``) are the user's word for every density of the tree:
+    they win over what an OUTCAR says, and are the only source of them where no OUTCAR is beside
+    a CHGCAR.
     """
     root = Path(root)
+    labels = {k: v for k, v in (labels or {}).items() if v}
     for chgcar in sorted(p for p in root.rglob("CHGCAR*") if p.is_file() and
                          re.fullmatch(r"CHGCAR(\.gz|\.bz2)?", p.name)):
         rel = chgcar.parent.relative_to(root).as_posix()
@@ -129,10 +133,15 @@ def from_directory(root: Path) -> Iterator[HarvestItem]:
         potcar = next((chgcar.parent / n for n in ("POTCAR", "POTCAR.gz", "POTCAR.bz2")
                        if (chgcar.parent / n).is_file()), None)
         yield HarvestItem(safe_id(f"{root.name}/{rel}" if rel != "." else root.name), str(chgcar),
-                          {"provenance": {"source": "directory", "path": str(chgcar)}},
+                          {"provenance": {"source": "directory", "path": str(chgcar)}, **labels},
                           outcar=str(outcar) if outcar else None, potcar=str(potcar) if potcar else None,
                           density_npz=str(chgcar.parent / "density.npz") if (chgcar.parent / "density.npz").is_file()
                           else None)
+
+
+def unlabelled(items: list[HarvestItem]) -> list[HarvestItem]:
+    """Items that will be stored without a functional or an engine: no OUTCAR beside them and no label."""
+    return [i for i in items if not i.outcar and not (i.meta.get("functional") and i.meta.get("engine"))]
 
 
 def from_project(project_root: Path) -> Iterator[HarvestItem]:

@@ -61,12 +61,12 @@ def gpaw_parameters(atoms: Atoms, inputset: InputSet) -> dict[str, Any]:
         "maxiter": inputset.maxiter,
         "spinpol": inputset.spin_polarized(symbols),
     }
-    u = inputset.hubbard()
+    u = inputset.hubbard_shells()
     present = {s: u[s] for s in sorted(set(symbols)) if s in u}
     if present:
         if inputset.xc.upper() != "PBE":
             raise EngineError(f"input set {inputset.name!r}: Hubbard U is only used with PBE, not {inputset.xc}")
-        params["setups"] = {s: f":d,{value}" for s, value in present.items()}
+        params["setups"] = {s: f":{shell},{value}" for s, (shell, value) in present.items()}
     return params
 
 

@@ -31,6 +31,9 @@ _H_GROUP = re.compile(r"^([A-Z][a-z]?)H\d*[+-]?$")
 # A type symbol proper: an element symbol, optionally with a charge ('Fe', 'Fe3+', 'O2-',
 # 'Fe2.5+', 'Li1+', 'C0+', 'O-2'; upper case as some programs write it: 'FE', 'CL').
 _TYPE_SYMBOL = re.compile(r"^([A-Za-z]{1,2})(?:\d+(?:\.\d+)?[+-]?|[+-]\d*(?:\.\d+)?)?$")
+# A Pauling-file mixed site: fractions and elements joined by '+' ('0.8Nb + 0.2Zr').
+_MIXED = re.compile(r"^\s*\d*\.?\d+\s*[A-Z][a-z]?(?:\s*\+\s*\d*\.?\d+\s*[A-Z][a-z]?)+\s*$")
+_MIXED_PART = re.compile(r"(\d*\.?\d+)\s*([A-Z][a-z]?)")
 # Aliases pymatgen's parser maps to an element on purpose (water and its atoms).
 _TYPE_ALIASES = {"Hw", "Ow", "Wat", "wat"}
 # Declared and parsed amounts agree within this (formula tags are rounded).
@@ -56,6 +59,57 @@ def database_ids(block: CifBlock, name: str) -> dict[str, str]:
 def _has_atoms(block: CifBlock) -> bool:
     keys = {k.lower() for k in block.data}
     return bool(keys & {"_atom_site_fract_x", "_atom_site_cartn_x"})
+
+
+def _mixed_parts(symbol: str) -> list[tuple[str, float]] | None:
+    """The (type symbol, fraction) parts of a Pauling-file mixed site ('0.8Nb + 0.2Zr'), or None."""
+    sym = symbol.strip("'\" ")
+    if "+" not in sym.replace(" ", "").rstrip("+") or not _MIXED.match(sym):
+        return None
+    return [(el, float(frac)) for frac, el in _MIXED_PART.findall(sym)]
+
+
+def _split_mixed_sites(block: CifBlock) -> int:
+    """Rewrite each mixed-site row ('0.8Nb + 0.2Zr') of the atom-site loop as one row per element.
+
+    The rows share the position and carry occupancy = fraction × the written
+    occupancy, so pymatgen builds one partially occupied site, which the
+    screening then treats as any other disordered site. Returns the rows split.
+    """
+    keys = {k.lower(): k for k in block.data}
+    type_key = keys.get("_atom_site_type_symbol")
+    if type_key is None or isinstance(block.data[type_key], str):
+        return 0
+    loop = next((cols for cols in block.loops if type_key in cols), None)
+    if loop is None:
+        return 0
+    types = block.data[type_key]
+    parts = [_mixed_parts(t) for t in types]
+    if not any(parts):
+        return 0
+    occ_key = keys.get("_atom_site_occupancy")
+    if occ_key is None:
+        occ_key = "_atom_site_occupancy"
+        block.data[occ_key] = ["1.0"] * len(types)
+        loop.append(occ_key)
+    label_key = keys.get("_atom_site_label")
+    new: dict[str, list[str]] = {k: [] for k in loop}
+    for i, split in enumerate(parts):
+        for element, fraction in split or [(None, 1.0)]:
+            for k in loop:
+                value = block.data[k][i]
+                if element is not None:
+                    if k == type_key:
+                        value = element
+                    elif k == occ_key:
+                        written = re.sub(r"\(\d+\)$", "", value)  # '0.95(2)' -> '0.95'
+                        base = float(written) if written not in ("?", ".") else 1.0
+                        value = f"{base * fraction:.6g}"
+                    elif k == label_key:
+                        value = f"{value}_{element}"
+                new[k].append(value)
+    block.data.update(new)
+    return sum(1 for p in parts if p)
 
 
 def _unknown_type_symbols(block: CifBlock) -> list[str]:
@@ -210,6 +264,7 @@ def parse_cif_text(text: str, uid: str, provenance: dict[str, Any]) -> list[Impo
 
 
 def _parse_block(block: CifBlock, uid: str, provenance: dict[str, Any]) -> Imported:
+    _split_mixed_sites(block)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -28,7 +28,6 @@ from dftflow.config.base import StrictModel, load_yaml_model
 from dftflow.errors import ConfigError
 from dftflow.resources import resolve
 
-# Elements that start with a large moment (MP's MAGMOM table); the rest get ``default``.
 F_BLOCK = frozenset(el.symbol for el in Element if el.is_lanthanoid or el.is_actinoid)
 
 
@@ -52,9 +51,13 @@ class KpointSettings(StrictModel):
 
 
 class HubbardSettings(StrictModel):
+    """Where the U table applies. ``always``: whenever an element of the table is present
+    (AFLOW, ECD's PBE+U); ``oxides-fluorides``: only with O or F (Materials Project);
+    ``spin-polarised``: only in a spin-polarised run (ECD's HSE06 statics, docs/inputsets.md)."""
+
     table: str = Field(description="U table file, relative to the input set")
     ldautype: int = 2
-    applies: Literal["always", "oxides-fluorides"] = "always"
+    applies: Literal["always", "oxides-fluorides", "spin-polarised"] = "always"
 
 
 class SpinSettings(StrictModel):
@@ -72,6 +75,7 @@ class Rung(StrictModel):
     name: str
     incar: dict[str, Any] = Field(default_factory=dict)
     kpoints: KpointSettings | None = None
+    hubbard: Literal["off"] | None = Field(default=None, description="'off': this rung drops +U (and LMAXMIX)")
     reason: str = ""
 
 
@@ -85,9 +89,13 @@ class VaspInputSet(StrictModel):
     kpoints: KpointSettings | None = None
     potcars: str | None = Field(default=None, description="element → POTCAR symbol table, relative to this set")
     hubbard: HubbardSettings | None = None
-    lmaxmix: dict[str, int] = Field(default_factory=dict, description="LMAXMIX when d (or f) elements are present")
+    lmaxmix: dict[str, int] = Field(default_factory=dict,
+                                    description="LMAXMIX by the highest shell that gets U (d: 4, f: 6)")
     spin: SpinSettings = Field(default_factory=SpinSettings)
     ladder: list[Rung] = Field(default_factory=list)
+    deliberate: dict[str, str] = Field(default_factory=dict,
+                                       description="fields where the set knowingly differs from some runs it "
+                                                   "reproduces, with the reason (reported by `inputs diff`)")
     pymatgen_set: str | None = Field(default=None, description="mp family: MPRelaxSet or MPStaticSet")
     reciprocal_density: int | None = Field(default=None, gt=0, description="mp family: k-points per Å⁻³")
 
@@ -100,6 +108,7 @@ class VaspInputSet(StrictModel):
 
 class PotcarTable(StrictModel):
     source: str = ""
+    functional: str = Field(default="PBE", description="pymatgen's name of the POTCAR library (ZVAL source)")
     symbols: dict[str, str]
 
 
@@ -171,38 +180,23 @@ def resolve_inputs(
     _merge(incar, iset.incar)
     kpoints = iset.kpoints
     notes: list[str] = []
+    hubbard_on = iset.hubbard is not None
     for step in iset.ladder[:rung]:
         _merge(incar, step.incar)
         kpoints = step.kpoints or kpoints
+        hubbard_on = hubbard_on and step.hubbard != "off"
         notes.append(f"rung {step.name}: {step.reason}")
     # PAW datasets
     potcar_of = _potcar_table(iset, symbols)
     potcar_symbols = [potcar_of[s] for s in symbols] if potcar_of else []
-    # Hubbard U
-    if iset.hubbard is not None:
-        from dftflow.inputsets import HubbardTable
-
-        table_path = iset.table(iset.hubbard.table)
-        values = {el: e.U for el, e in load_yaml_model(table_path, HubbardTable).values.items()}
-        anion_ok = iset.hubbard.applies == "always" or any(s in ("O", "F") for s in symbols)
-        if anion_ok and any(values.get(s, 0) > 0 for s in symbols):
-            orbital = {s: (3 if s in F_BLOCK else 2) if values.get(s, 0) > 0 else -1 for s in symbols}
-            incar.update(LDAU=True, LDAUTYPE=iset.hubbard.ldautype,
-                         LDAUL=[orbital[s] for s in symbols],
-                         LDAUU=[values.get(s, 0.0) if orbital[s] >= 0 else 0.0 for s in symbols],
-                         LDAUJ=[0.0 for _ in symbols])
-    # LMAXMIX by the highest open shell present
-    if iset.lmaxmix and "LMAXMIX" not in incar:
-        blocks = {Element(s).block for s in symbols}
-        if "f" in blocks and "f" in iset.lmaxmix:
-            incar["LMAXMIX"] = iset.lmaxmix["f"]
-        elif "d" in blocks and "d" in iset.lmaxmix:
-            incar["LMAXMIX"] = iset.lmaxmix["d"]
-    # spin
+    # spin (before U: the HSE06 set keeps U only in spin-polarised runs)
     if "ISPIN" not in incar:
-        incar.update(_spin(structure, iset.spin, potcar_of, previous, notes))
+        incar.update(_spin(structure, iset.spin, potcar_of, previous, notes, potcar_functional(iset)))
     if incar.get("ISPIN") == 1:
         incar.pop("MAGMOM", None)
+    # Hubbard U, and LMAXMIX by the shell that gets it
+    if hubbard_on and iset.hubbard is not None:
+        incar.update(_hubbard(iset, iset.hubbard, symbols, spin_polarised=incar.get("ISPIN") == 2))
     for layer in overrides or []:
         _merge(incar, layer)
     if kpoints is None:
@@ -211,6 +205,37 @@ def resolve_inputs(
     kp = {"mesh": list(mesh), "style": "Gamma", "rule": kpoints.style,
           kpoints.style: kpoints.length if kpoints.style == "length" else kpoints.spacing}
     return VaspInputs(dict(sorted(incar.items())), kp, potcar_symbols, structure, iset.name, rung, notes)
+
+
+def _hubbard(iset: VaspInputSet, hubbard: HubbardSettings, symbols: list[str], *,
+             spin_polarised: bool) -> dict[str, Any]:
+    """LDAU tags (and LMAXMIX) for these species, or nothing when the set's rule leaves U out.
+
+    Only elements with U > 0 get a shell (LDAUL 2 for d, 3 for f); the others get -1, as
+    the ECD OUTCARs print them (Pb in PbTiO3). LMAXMIX is twice the highest l that gets U
+    (4 for d, 6 for f, from the set's ``lmaxmix``); without U it is left to VASP (2).
+    """
+    from dftflow.inputsets import HubbardTable
+
+    rule = hubbard.applies
+    if rule == "oxides-fluorides" and not any(s in ("O", "F") for s in symbols):
+        return {}
+    if rule == "spin-polarised" and not spin_polarised:
+        return {}
+    table = load_yaml_model(iset.table(hubbard.table), HubbardTable)
+    with_u = [s for s in symbols if s in table.values and table.values[s].U > 0]
+    if not with_u:
+        return {}
+    shell = {s: {"d": 2, "f": 3}[table.shell(s)] if s in with_u else -1 for s in symbols}
+    out: dict[str, Any] = {
+        "LDAU": True, "LDAUTYPE": hubbard.ldautype, "LDAUL": [shell[s] for s in symbols],
+        "LDAUU": [table.values[s].U if s in with_u else 0.0 for s in symbols],
+        "LDAUJ": [table.values[s].J if s in with_u else 0.0 for s in symbols],
+    }
+    top = "f" if any(shell[s] == 3 for s in symbols) else "d"
+    if top in iset.lmaxmix:
+        out["LMAXMIX"] = iset.lmaxmix[top]
+    return out
 
 
 @functools.cache
@@ -245,14 +270,21 @@ def potcar_functional(iset: VaspInputSet) -> str:
         from pymatgen.io.vasp import sets
 
         return getattr(sets, iset.pymatgen_set or "", sets.MPRelaxSet).CONFIG.get("POTCAR_FUNCTIONAL", "PBE")
-    return "PBE"
+    if not iset.potcars:
+        return "PBE"
+    return _load_potcar_table(iset.table(iset.potcars)).functional
+
+
+@functools.cache
+def _load_potcar_table(path: Path) -> PotcarTable:
+    return load_yaml_model(path, PotcarTable)
 
 
 def _potcar_table(iset: VaspInputSet, symbols: list[str]) -> dict[str, str]:
     """Element → POTCAR symbol of the set, for these elements (empty when the set names no table)."""
     if not iset.potcars:
         return {}
-    table = load_yaml_model(iset.table(iset.potcars), PotcarTable).symbols
+    table = _load_potcar_table(iset.table(iset.potcars)).symbols
     for s in symbols:
         if s not in table:
             raise ConfigError(f"{iset.table(iset.potcars)}: no POTCAR for element {s}")
@@ -278,7 +310,7 @@ def _electrons(symbols: list[str], potcar_of: dict[str, str], functional: str = 
 
 
 def _spin(structure: Structure, spin: SpinSettings, potcar_of: dict[str, str], previous: dict[str, Any] | None,
-          notes: list[str]) -> dict[str, Any]:
+          notes: list[str], functional: str = "PBE") -> dict[str, Any]:
     symbols = [site.specie.symbol for site in structure]
     if spin.mode == "off":
         return {"ISPIN": 1}
@@ -289,7 +321,7 @@ def _spin(structure: Structure, spin: SpinSettings, potcar_of: dict[str, str], p
             return {"ISPIN": 1}
         magmoms = previous.get("magmoms") or [spin.magmom.get(s, spin.magmom.get("default", 0.6)) for s in symbols]
         return {"ISPIN": 2, "MAGMOM": [round(float(m), 3) for m in magmoms]}
-    electrons = _electrons(symbols, potcar_of)
+    electrons = _electrons(symbols, potcar_of, functional)
     magnetic = any(s in spin.magnetic for s in symbols)
     if spin.mode == "on" or magnetic or electrons % 2:
         if spin.mode == "auto":

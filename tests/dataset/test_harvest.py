@@ -151,3 +151,28 @@ def test_gpaw_project_densities_with_density_matrices(tmp_path: Path) -> None:
                                       str(tmp_path / "p" / "dataset"), "--json"],
                                      capture_output=True, text=True, check=True).stdout)
     assert info["materials"] == 2 and info["engines"] == {"gpaw": 2}
+
+
+def test_a_bare_chgcar_tree_is_labelled_at_harvest(shared: Path, tmp_path: Path) -> None:
+    """No OUTCAR beside the CHGCARs: harvest says what is missing; --functional/--engine label the tree."""
+    from typer.testing import CliRunner
+
+    from dftflow.cli.app import app
+
+    root = tmp_path / "bare"
+    (root / "Li").mkdir(parents=True)
+    shutil.copy(shared / "fixtures" / "chgcar" / "Li_nospin.gz", root / "Li" / "CHGCAR.gz")
+    res = CliRunner().invoke(app, ["harvest", str(root), "--out", str(tmp_path / "plain"), "--json"])
+    assert res.exit_code == 0, res.output
+    warning = " ".join(res.stderr.split())  # rich wraps lines
+    assert "1 of 1 densities have no OUTCAR" in warning and "--functional / --engine" in warning
+    assert json.loads(res.stdout)["unlabelled"] == 1
+
+    res = CliRunner().invoke(app, ["harvest", str(root), "--out", str(tmp_path / "labelled"), "--functional", "PBE",
+                                   "--engine", "vasp", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "no OUTCAR" not in res.stderr and json.loads(res.stdout)["unlabelled"] == 0
+    rec = Dataset(tmp_path / "labelled").read("bare|Li")
+    assert rec["functional"] == "PBE" and rec["engine"] == "vasp"
+    bad = CliRunner().invoke(app, ["harvest", str(root), "--out", str(tmp_path / "x"), "--engine", "abinit"])
+    assert bad.exit_code != 0 and "expected vasp or gpaw" in str(bad.exception or bad.output)

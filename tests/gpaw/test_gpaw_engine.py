@@ -141,7 +141,7 @@ def test_inputset_precedence_and_u_only_with_pbe(pbe) -> None:
     assert over.ecut == 450 and over.smearing.width == 0.1 and over.smearing.name == "fermi-dirac"
     assert pbe.ecut == 350  # the set itself is untouched
     nio = to_atoms(primitive("NiO"), pbe)
-    assert gpaw_parameters(nio, pbe)["setups"] == {"Ni": ":d,6.2"}
+    assert gpaw_parameters(nio, pbe)["setups"] == {"Ni": ":d,5.1"}  # AFLOW U (inputsets/hubbard_u.yaml)
     hse = load_inputset("gpaw_hse06_static")
     assert "setups" not in gpaw_parameters(nio, hse)
 

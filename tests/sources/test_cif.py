@@ -397,3 +397,54 @@ def test_space_group_settings_without_operations(symbol: str, number: int, beta:
     else:
         assert entry.ok, entry.error
         assert len(entry.packed["species"]) == sites
+
+
+# A Pauling-file style entry (hand-written for this test, not a database record): the
+# M site is a mixture written as one type symbol, '0.8Nb + 0.2Zr', with occupancy 0.95.
+PAULING_MIXED = """\
+data_sm_isp_SD0000001
+_chemical_formula_sum 'N Nb0.76 Zr0.19'
+_cell_length_a 4.40
+_cell_length_b 4.40
+_cell_length_c 4.40
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'F m -3 m'
+_symmetry_Int_Tables_number 225
+loop_
+ _symmetry_equiv_pos_as_xyz
+ 'x, y, z'
+ 'x, y+1/2, z+1/2'
+ 'x+1/2, y, z+1/2'
+ 'x+1/2, y+1/2, z'
+loop_
+ _atom_site_label
+ _atom_site_type_symbol
+ _atom_site_symmetry_multiplicity
+ _atom_site_Wyckoff_symbol
+ _atom_site_fract_x
+ _atom_site_fract_y
+ _atom_site_fract_z
+ _atom_site_occupancy
+ M1 '0.8Nb + 0.2Zr' 4 a 0 0 0 0.95
+ N1 N 4 b 0.5 0.5 0.5 1
+"""
+
+
+def test_pauling_mixed_type_symbols_are_partial_occupancies(tmp_path: Path) -> None:
+    from dftflow.screening.filters import OrderFilter
+
+    path = tmp_path / "NbZrN_sm_isp_SD0000001.cif"
+    path.write_text(PAULING_MIXED)
+    (entry,) = import_all("cif", path)
+    assert entry.error is None, entry.error  # was: "unknown element symbol(s): 0.8Nb + 0.2Zr"
+    assert entry.provenance["pauling_id"] == "SD0000001"
+    structure = unpack(entry.packed)
+    metal = [s for s in structure if "N" not in {el.symbol for el in s.species.elements}]
+    assert len(metal) == 4 and len(structure) == 8
+    for site in metal:
+        occ = {el.symbol: round(x, 6) for el, x in site.species.items()}
+        assert occ == {"Nb": 0.76, "Zr": 0.19}
+    outcome = OrderFilter().check(structure, entry.flags)
+    assert outcome.status == "fail" and outcome.reason == "partial occupancy"

@@ -21,7 +21,7 @@ HSE_RUNG = {"icsd-1611-O3Pb1Ti1": 0, "icsd-163383-O1Zn1": 0, "icsd-183198-Cd1N1"
 DEVIATIONS = {
     ("icsd-1611-O3Pb1Ti1", "HSE"): {"LCHARG"},  # ECD wrote no CHGCAR in this run; a dataset needs it
     ("icsd-163383-O1Zn1", "HSE"): {"LCHARG"},
-    ("icsd-183198-Cd1N1", "HSE"): {"ICHARG", "LDAU", "LMAXMIX"},  # ICHARG 11 froze the PBE density
+    ("icsd-183198-Cd1N1", "HSE"): {"ICHARG"},  # ICHARG 11 froze the PBE density
     ("icsd-99966-Fe10Si6", "HSE"): {"ICHARG"},
 }
 # VASP's defaults, for tags a set leaves out (OUTCARs print every tag).
