@@ -7,6 +7,7 @@ shared by the VASP and GPAW sets, so both engines apply the same U values.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -85,8 +86,8 @@ class InputSet(StrictModel):
         if self.hubbard_u is None:
             return {}
         path = Path(self.hubbard_u)
-        table = load_yaml_model(path if path.is_absolute() else self.base_dir / path, HubbardTable)
-        return {el: (table.shell(el), round(e.u_eff, 6)) for el, e in table.values.items() if e.u_eff > 0}
+        path = path if path.is_absolute() else self.base_dir / path
+        return dict(_hubbard_shells(str(path), path.stat().st_mtime_ns if path.exists() else 0))
 
     def spin_polarized(self, symbols: list[str]) -> bool:
         if self.spin == "auto":
@@ -124,3 +125,10 @@ def kpoint_mesh(lattice: np.ndarray, density: float) -> tuple[int, int, int]:
     reciprocal = np.linalg.inv(np.asarray(lattice, dtype=float)).T  # rows b_i, no 2π
     lengths = np.linalg.norm(reciprocal, axis=1)
     return tuple(max(1, int(math.floor(density * b + 0.5))) for b in lengths)  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=16)
+def _hubbard_shells(path: str, mtime_ns: int) -> tuple[tuple[str, tuple[str, float]], ...]:
+    """A U table's element → (shell, U_eff), read once per file version (the table is ~100 entries of YAML)."""
+    table = load_yaml_model(Path(path), HubbardTable)
+    return tuple((el, (table.shell(el), round(e.u_eff, 6))) for el, e in table.values.items() if e.u_eff > 0)

@@ -182,6 +182,9 @@ class DftSettings(RecipeModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="win over the input sets")
     max_attempts: int = Field(default=2, gt=0, description="runs of a job lost with its worker")
     limit: int | None = Field(default=None, gt=0, description="at most this many structures")
+    on_settings_change: Literal["refuse", "requeue"] = Field(
+        default="refuse", description="finished calculations whose input sets changed since: refuse to go on, "
+                                      "or requeue them with the current settings")
 
     _finite_overrides = field_validator("overrides")(_finite_values)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from dftflow.catalog import Catalog
 from dftflow.config.recipe import DftSettings
+from dftflow.errors import ConfigError
 from dftflow.execution.queue import JobQueue
 from dftflow.execution.worker import flow_jobs, run_workers
 from dftflow.project import Project
@@ -51,9 +52,75 @@ def queue_flows(project: Project, catalog: Catalog, settings: DftSettings) -> di
 def run_dft(project: Project, catalog: Catalog, settings: DftSettings, *, workers: int,
             on_tick: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
     queued = queue_flows(project, catalog, settings)
+    changed = changed_settings(project)
+    requeued = 0
+    if changed:
+        first = changed[0]
+        if settings.on_settings_change == "refuse":
+            raise ConfigError(
+                f"{project.root}: {len(changed)} finished calculation(s) used other settings than their input "
+                f"sets give now (first: {first['uid']} {first['job']}: {first['change']}); set "
+                "dft.on_settings_change: requeue to redo them with the current settings, or restore the input sets")
+        queue = JobQueue(project.root / "jobs.sqlite")
+        try:
+            requeued = queue.retry(states=("COMPLETED",), flow_ids=sorted({c["uid"] for c in changed}))
+        finally:
+            queue.close()
     counts = run_workers(project.root / "jobs.sqlite", project.root, workers, on_tick=on_tick)
     rows = results(project)
-    return {**queued, "jobs": counts, "results": rows, "cost": cost(rows)}
+    return {**queued, "requeued_changed_settings": requeued, "jobs": counts, "results": rows, "cost": cost(rows)}
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """The first parameter that differs, as 'key: old -> new'."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                return _difference(a, b, f"{prefix}{key}.")
+            return f"{prefix}{key}: {a!r} -> {b!r}"
+    return "parameters differ"
+
+
+def changed_settings(project: Project) -> list[dict[str, str]]:
+    """Finished GPAW calculations whose recorded parameters differ from what their input set gives now.
+
+    Every job records the GPAW parameters it ran with (``parameters``, ``parameters_hash``); they are
+    resolved again from the job's input set, overrides and structure. An edited input set or U table
+    (or a new dftflow that resolves them differently) shows up here instead of mixing two settings
+    in one dataset without a word.
+    """
+    from pymatgen.core import Structure
+
+    from dftflow.gpaw.params import gpaw_parameters, params_hash, to_atoms
+    from dftflow.inputsets import load_inputset, with_overrides
+
+    path = project.root / "jobs.sqlite"
+    if not path.exists():
+        return []
+    queue = JobQueue(path)
+    try:
+        rows = queue.db.execute("SELECT flow_id, name, payload, output FROM jobs WHERE state='COMPLETED' "
+                                "ORDER BY created, rowid").fetchall()
+    finally:
+        queue.close()
+    sets: dict[str, Any] = {}
+    changed = []
+    for flow_id, name, payload, output in rows:
+        out = (json.loads(output) if output else {}).get("output") or {}
+        maker = json.loads(payload).get("function", {}).get("@bound", {}) if payload else {}
+        if not out.get("parameters_hash") or not out.get("structure") or not out.get("inputset"):
+            continue  # not a GPAW calculation of this kind (a VASP job, an old record)
+        reference = maker.get("inputset") or out["inputset"]  # as the recipe gave it: a name or a path
+        key = json.dumps([reference, maker.get("overrides") or {}], sort_keys=True)
+        if key not in sets:
+            sets[key] = with_overrides(load_inputset(reference), maker.get("overrides") or {})
+        structure = Structure.from_dict(out["structure"])
+        now = gpaw_parameters(to_atoms(structure, sets[key]), sets[key])
+        if params_hash(now) != out["parameters_hash"]:
+            changed.append({"uid": flow_id, "job": name,
+                            "change": _difference(out.get("parameters") or {}, now)})
+    return changed
 
 
 def cost(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -169,3 +169,36 @@ def test_relax_then_static_flow_uses_the_relaxed_structure(tmp_path: Path) -> No
     assert static.lattice.abc == pytest.approx(relaxed.lattice.abc, abs=1e-6)
     assert out["gpaw static"]["energy"] == pytest.approx(out["gpaw relax"]["energy"], abs=5e-3)
     assert Path(out["gpaw static"]["chgcar"]).is_file()
+
+
+def test_an_edited_input_set_is_refused_or_its_results_redone(tmp_path: Path) -> None:
+    # a user's copy of the static set: editing it after the runs must not mix two settings in one project
+    for name in ("gpaw_pbe_static", "hubbard_u"):
+        shutil.copy(REPO / "inputsets" / f"{name}.yaml", tmp_path / f"{name}.yaml")
+    mine = tmp_path / "gpaw_pbe_static.yaml"
+    path = recipe(tmp_path, ["Si"])
+    path.write_text(path.read_text().replace("static: gpaw_pbe_static", f"static: {mine}"))
+    project = tmp_path / "p"
+    first = dftflow("build-dataset", str(path), "--project", str(project), "--until", "dft", "--json",
+                    "--no-figures")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["stages"]["dft"]["jobs"]["COMPLETED"] == 1
+
+    mine.write_text(mine.read_text().replace("width: 0.05", "width: 0.1"))
+    refused = dftflow("build-dataset", str(path), "--project", str(project), "--until", "dft", "--no-figures")
+    assert refused.returncode == 1
+    assert "1 finished calculation(s) used other settings" in refused.stderr
+    assert "occupations.width: 0.05 -> 0.1" in refused.stderr and "on_settings_change" in refused.stderr
+
+    path.write_text(path.read_text() + "  on_settings_change: requeue\n")
+    redone = dftflow("build-dataset", str(path), "--project", str(project), "--until", "dft", "--json",
+                     "--no-figures")
+    assert redone.returncode == 0, redone.stderr
+    stage = json.loads(redone.stdout)["stages"]["dft"]
+    assert stage["requeued_changed_settings"] == 1 and stage["jobs"]["COMPLETED"] == 1
+    (calc,) = (project / "calcs" / "t_Si.cif").iterdir()
+    assert json.loads((calc / "result.json").read_text())["parameters"]["occupations"]["width"] == 0.1
+
+    again = json.loads(dftflow("build-dataset", str(path), "--project", str(project), "--until", "dft", "--json",
+                               "--no-figures").stdout)
+    assert again["stages"]["dft"]["requeued_changed_settings"] == 0  # nothing changed since
