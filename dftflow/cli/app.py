@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from dftflow import __version__
-from dftflow.cli import accel, build, candidates, dataset, inputs, jobs, ml, models, profiles, recipes, submit
+from dftflow.cli import accel, build, candidates, dataset, inputs, jobs, ml, models, nscf, profiles, recipes, submit
 from dftflow.cli.common import err_console
 from dftflow.errors import DftflowError
 
@@ -48,6 +48,7 @@ app.command("train")(ml.train)
 app.command("predict")(ml.predict)
 app.command("evaluate")(ml.evaluate)
 app.command("accel-eval")(accel.accel_eval)
+app.command("nscf-eval")(nscf.nscf_eval)
 app.command("status")(jobs.status)
 app.command("retry")(jobs.retry)
 app.command("harvest")(dataset.harvest)

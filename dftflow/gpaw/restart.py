@@ -154,27 +154,15 @@ def _refresh_occupancies(dft: Any, builder: Any, density: Any, pot_calc: Any) ->
     dft.potential, dft.energies, _ = pot_calc.calculate(density, dft.ibzwfs, dft.potential.vHt_x)
 
 
-def scf_from_density(atoms: Atoms, params: dict[str, Any], start: DensityState | None, *,
-                     nfixed: int = 0, refresh_occupancies: bool = False, txt: Any = None) -> dict[str, Any]:
-    """Converge an SCF from ``start`` (None: GPAW's default guess), counting iterations.
+def assemble(atoms: Atoms, params: dict[str, Any], start: DensityState | None, txt: Any = None) -> tuple:
+    """A GPAW ``DFT`` object whose density is ``start`` (None: GPAW's atomic guess), not yet converged.
 
-    ``refresh_occupancies``: after the ``nfixed`` fixed-density steps, replace the
-    density matrices by those of the wave functions just converged in the
-    start's potential, keeping the start's total density (grid plus compensation
-    charges). This needs no converged calculation, so it is a deployable source
-    of PAW occupancies for a predicted grid.
-
-    Returns ``energy`` (eV), ``n_scf`` (iterations with density updates),
-    ``n_fixed`` (fixed-density steps done first), ``wall`` (s), the ``dft`` object
-    and ``initial``, the density the SCF started from (GPAW's atomic guess when
-    ``start`` is None).
+    The wave functions are the LCAO eigenstates of the start's potential.
+    Returns ``(dft, builder, density, pot_calc, initial)``; ``initial`` is the
+    start as GPAW holds it, after normalisation to the electron count.
     """
     from gpaw.new.calculation import DFT
-    from gpaw.new.scf import KohnShamConvergenceError
 
-    if refresh_occupancies and nfixed < 1:
-        raise ValueError("refresh_occupancies needs at least one fixed-density step (nfixed >= 1)")
-    t0 = time.perf_counter()
     p, log, builder, basis_set, scf_loop, pot_calc, density = _components(atoms, params, txt)
     if start is not None:
         if start.nt_sR.shape != density.nt_sR.data.shape:
@@ -192,6 +180,31 @@ def scf_from_density(atoms: Atoms, params: dict[str, Any], start: DensityState |
         ibzwfs.calculate_occs(scf_loop.occ_calc, density.nvalence - density.charge + pot_calc.charge)
     dft = DFT.from_components(atoms, ibzwfs, density, potential, builder.setups, scf_loop, pot_calc, log,
                               params=p, energies=energies, converge=False)
+    return dft, builder, density, pot_calc, initial
+
+
+def scf_from_density(atoms: Atoms, params: dict[str, Any], start: DensityState | None, *,
+                     nfixed: int = 0, refresh_occupancies: bool = False, txt: Any = None) -> dict[str, Any]:
+    """Converge an SCF from ``start`` (None: GPAW's default guess), counting iterations.
+
+    ``refresh_occupancies``: after the ``nfixed`` fixed-density steps, replace the
+    density matrices by those of the wave functions just converged in the
+    start's potential, keeping the start's total density (grid plus compensation
+    charges). This needs no converged calculation, so it is a deployable source
+    of PAW occupancies for a predicted grid.
+
+    Returns ``energy`` (eV), ``n_scf`` (iterations with density updates),
+    ``n_fixed`` (fixed-density steps done first), ``wall`` (s), the ``dft`` object
+    and ``initial``, the density the SCF started from (GPAW's atomic guess when
+    ``start`` is None).
+    """
+    from gpaw.new.scf import KohnShamConvergenceError
+
+    if refresh_occupancies and nfixed < 1:
+        raise ValueError("refresh_occupancies needs at least one fixed-density step (nfixed >= 1)")
+    t0 = time.perf_counter()
+    dft, builder, density, pot_calc, initial = assemble(atoms, params, start, txt)
+    scf_loop = dft.scf_loop
     done = 0
     if nfixed > 0:
         scf_loop.update_density_and_potential = False

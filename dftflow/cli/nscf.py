@@ -1,0 +1,83 @@
+"""``dftflow nscf-eval``: ground-state properties from one non-self-consistent step on a predicted density."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dftflow.cli.accel import _overrides
+from dftflow.cli.common import JsonOpt, RichProgress, WorkersOpt, console, print_json, read_structure, structure_name
+from dftflow.cli.models import ModelOpt
+from dftflow.errors import InputError
+
+
+def nscf_eval(
+    materials: Annotated[list[Path] | None, typer.Argument(help="Structure files (POSCAR, CIF, ...).")] = None,
+    model: ModelOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Evaluation directory (resumable).")] = Path("nscf-eval"),
+    dataset: Annotated[Path | None, typer.Option(help="Take materials from this dataset ...")] = None,
+    split: Annotated[Path | None, typer.Option(help="... with this split file ...")] = None,
+    task: Annotated[str, typer.Option(help="... task ...")] = "pbe-id",
+    subset: Annotated[str, typer.Option(help="... and subset (train, val, test).")] = "test",
+    start: Annotated[str, typer.Option(help="Comma-separated densities to hold fixed: ml (the prediction), "
+                                            "oracle (the converged density), default (GPAW's atoms).")] = "ml",
+    inputset: Annotated[str, typer.Option(help="GPAW input set of the SCF and every step.")] = "gpaw_pbe_static",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Input-set override KEY=VALUE (repeatable).")] = None,
+    occupancies: Annotated[str, typer.Option(help="Density matrices of a total-density model's start: predicted, "
+                                                  "atomic, or auto (predicted when the model has an occupancy "
+                                                  "head). Correction models bring their own.")] = "auto",
+    workers: WorkersOpt = None,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write the PNG figure.")] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """Compare properties of one non-self-consistent step on a fixed density with the SCF reference."""
+    from dftflow.accel.run import dataset_materials
+    from dftflow.build import _ticker
+    from dftflow.models import resolve_model
+    from dftflow.nscf.run import nscf_eval as run
+
+    starts = tuple(s.strip() for s in start.split(",") if s.strip())
+    checkpoint = resolve_model(model) if "ml" in starts else None
+    items = [(structure_name(path), read_structure(path)) for path in materials or []]
+    if dataset is not None:
+        if split is None:
+            raise InputError("--dataset needs --split (from `dftflow dataset split`)")
+        items += dataset_materials(dataset, split, task, subset)
+    if not items:
+        raise InputError("no materials: give structure files or --dataset/--split")
+    with RichProgress(enabled=not json_) as progress:
+        report = run(out.resolve(), items, model=checkpoint, starts=starts, inputset=inputset,
+                     overrides=_overrides(set_ or []), occupancies=occupancies, workers=workers or 1,
+                     figures=figures, on_tick=_ticker(progress))
+    if json_:
+        print_json(report)
+        return
+    console.print(nscf_table(report))
+    for row in report["materials"]:
+        if row.get("fallback"):
+            console.print(f"[yellow]{row['uid']}[/]: {row['fallback']}")
+    for problem in report["problems"]:
+        console.print(f"[red]{problem['uid']} {problem['job']}: {problem['state']}[/] {problem['error'] or ''}")
+    for fig in report["figures"]:
+        console.print(f"figure: {fig}")
+    console.print(f"report: {out / 'nscf.json'}, {out / 'nscf.csv'}")
+
+
+def nscf_table(report: dict):
+    """MAE and maximum over materials per start and property, in meV (per atom, per Å)."""
+    from rich.table import Table
+
+    table = Table(title="|NSCF − SCF| over materials: MAE / max (meV, meV/atom, meV/Å)")
+    table.add_column("start")
+    props = list(report["units"])
+    for prop in props:
+        table.add_column(prop, justify="right")
+    for start, block in report["summary"].items():
+        cells = [start]
+        for prop in props:
+            stats = block[prop]
+            cells.append("-" if not stats["n"] else f"{1e3 * stats['mae']:.3g} / {1e3 * stats['max']:.3g}")
+        table.add_row(*cells)
+    return table

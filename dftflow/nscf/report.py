@@ -1,0 +1,142 @@
+"""Errors of the non-self-consistent properties against the reference SCF: per material, aggregated, figure.
+
+Every error is |NSCF − SCF| in eV: total energy and band energy per atom,
+band gaps (direct and indirect, on the SCF k-points), and forces as the
+length of the per-atom force difference (eV/Å), its maximum and its mean
+over the atoms of a material. Aggregates over materials are the mean
+absolute error (MAE) and the maximum.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dftflow.nscf import CHEMICAL_ACCURACY
+
+#: Reported error columns: (key suffix, unit, chemical-accuracy threshold key).
+PROPERTIES = {
+    "energy": ("eV/atom", "energy"),
+    "force_max": ("eV/Å", "force"),
+    "force_mae": ("eV/Å", "force"),
+    "gap_direct": ("eV", "gap"),
+    "gap_indirect": ("eV", "gap"),
+    "band_energy": ("eV/atom", None),
+}
+
+
+def errors(nscf: dict[str, Any], scf: dict[str, Any]) -> dict[str, float]:
+    """The errors of one non-self-consistent result against the reference SCF (keys of :data:`PROPERTIES`)."""
+    force_err = np.linalg.norm(np.asarray(nscf["forces"]) - np.asarray(scf["forces"]), axis=1)
+    return {"energy": abs(nscf["energy_per_atom"] - scf["energy_per_atom"]),
+            "force_max": float(force_err.max()), "force_mae": float(force_err.mean()),
+            "gap_direct": abs(nscf["gap_direct"] - scf["gap_direct"]),
+            "gap_indirect": abs(nscf["gap_indirect"] - scf["gap_indirect"]),
+            "band_energy": abs(nscf["band_energy_per_atom"] - scf["band_energy_per_atom"])}
+
+
+def material_rows(results: list[dict[str, Any]], starts: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per material: the reference values and, per start, ``<property>_err_<start>``."""
+    by_uid: dict[str, dict[str, Any]] = {}
+    for r in results:
+        by_uid.setdefault(r["uid"], {})[r.get("start", "predict")] = r
+    rows = []
+    for uid in sorted(by_uid):
+        runs = by_uid[uid]
+        scf = runs.get("scf")
+        row: dict[str, Any] = {"uid": uid}
+        if scf is None:
+            rows.append(row)
+            continue
+        row.update(natoms=scf["natoms"], metal=scf["metal"], energy_per_atom=scf["energy_per_atom"],
+                   gap_direct=scf["gap_direct"], gap_indirect=scf["gap_indirect"],
+                   band_energy_per_atom=scf["band_energy_per_atom"],
+                   max_force=float(np.linalg.norm(np.asarray(scf["forces"]), axis=1).max()),
+                   scf_iterations=scf["n_iter"], scf_wall_s=scf["wall_s"])
+        for start in starts:
+            r = runs.get(start)
+            if r is None:
+                continue
+            row.update({f"{k}_err_{start}": v for k, v in errors(r, scf).items()})
+            row[f"iterations_{start}"] = r["n_iter"]
+            row[f"wall_s_{start}"] = r["wall_s"]
+            row[f"occupancies_{start}"] = r.get("occupancies")
+            if r.get("fallback"):
+                row["fallback"] = r["fallback"]
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], starts: tuple[str, ...]) -> dict[str, Any]:
+    """Per start and property: number of materials, MAE and maximum of the error over materials."""
+    out: dict[str, Any] = {}
+    for start in starts:
+        block = {}
+        for prop in PROPERTIES:
+            values = [r[f"{prop}_err_{start}"] for r in rows if f"{prop}_err_{start}" in r]
+            block[prop] = {"n": len(values), "mae": float(np.mean(values)) if values else None,
+                           "max": float(np.max(values)) if values else None}
+        out[start] = block
+    return out
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def plot(rows: list[dict[str, Any]], starts: tuple[str, ...], path: Path) -> str | None:
+    """One panel per property: a bar per material and start (log scale, meV), chemical accuracy dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if "energy_per_atom" in r]
+    if not done:
+        return None
+    fig, axes = plt.subplots(len(PROPERTIES), 1, figsize=(max(6, 0.8 * len(done) + 3), 2.2 * len(PROPERTIES)),
+                             sharex=True)
+    x = np.arange(len(done))
+    width = 0.8 / len(starts)
+    floor = 1e-4  # meV: a bar for an error at machine precision stays visible on the log axis
+    for ax, (prop, (unit, accuracy)) in zip(axes, PROPERTIES.items(), strict=True):
+        for i, start in enumerate(starts):
+            values = [max(floor, 1e3 * r.get(f"{prop}_err_{start}", 0.0)) for r in done]
+            ax.bar(x + (i - (len(starts) - 1) / 2) * width, values, width, label=start)
+        if accuracy:
+            ax.axhline(1e3 * CHEMICAL_ACCURACY[accuracy], color="k", ls="--", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel(f"|Δ{prop}|\n(m{unit})", fontsize=8)
+    axes[0].legend(fontsize=7, ncols=len(starts))
+    axes[0].set_title("non-self-consistent vs SCF (dashed: chemical accuracy)", fontsize=9)
+    axes[-1].set_xticks(x, [r["uid"] for r in done], rotation=45, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def write_report(results: list[dict[str, Any]], starts: tuple[str, ...], out: Path, *,
+                 settings: dict[str, Any], figures: bool = True) -> dict[str, Any]:
+    rows = material_rows(results, starts)
+    report: dict[str, Any] = {"settings": settings, "units": {p: u for p, (u, _) in PROPERTIES.items()},
+                              "chemical_accuracy": CHEMICAL_ACCURACY, "summary": summarize(rows, starts),
+                              "materials": rows}
+    write_csv(rows, out / "nscf.csv")
+    report["figures"] = []
+    if figures:
+        figure = plot(rows, starts, out / "nscf_errors.png")
+        report["figures"] = [figure] if figure else []
+    (out / "nscf.json").write_text(json.dumps(report, indent=2))
+    return report
