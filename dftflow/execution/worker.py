@@ -80,23 +80,40 @@ def execute_job(job: Any, parents: dict[str, Any], workdir: Path) -> dict[str, A
     return jsanitize(doc, strict=True, enum_values=True)
 
 
-def _heartbeat(path: Path, uuid: str, worker: str, stop: threading.Event, every: float) -> None:
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _heartbeat(path: Path, uuid: str, worker: str, stop: threading.Event, every: float,
+               owner: int | None = None) -> None:
     queue = JobQueue(path)
     try:
         while not stop.wait(every):
+            if not _alive(owner):
+                # the build that started this worker is gone (killed with SIGTERM, say): stop now rather
+                # than compute on unwatched; the job's heartbeat stops and it is found LOST and rerun
+                os._exit(1)
             queue.heartbeat(uuid, worker)
     finally:
         queue.close()
 
 
 def worker_loop(queue_path: str, root: str, worker: str, poll: float = 0.2, heartbeat_s: float = 10.0,
-                env: dict[str, str] | None = None) -> None:
-    """Claim and run jobs until nothing can make progress."""
+                env: dict[str, str] | None = None, owner: int | None = None) -> None:
+    """Claim and run jobs until nothing can make progress, or until the process ``owner`` is gone."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.update(env or {})
     queue = JobQueue(queue_path)
     try:
-        while True:
+        while _alive(owner):
             queue.detect_lost()
             queued = queue.claim(worker)
             if queued is None:
@@ -105,8 +122,8 @@ def worker_loop(queue_path: str, root: str, worker: str, poll: float = 0.2, hear
                 time.sleep(poll)
                 continue
             stop = threading.Event()
-            beat = threading.Thread(target=_heartbeat, args=(Path(queue_path), queued.uuid, worker, stop, heartbeat_s),
-                                    daemon=True)
+            beat = threading.Thread(target=_heartbeat, args=(Path(queue_path), queued.uuid, worker, stop, heartbeat_s,
+                                                             owner), daemon=True)
             beat.start()
             try:
                 output = run_job(queued, queue, Path(root))
@@ -148,7 +165,7 @@ def run_workers(queue_path: Path, root: Path, workers: int,
         for _round in range(5):  # new rounds only if every worker died with work left
             procs = [context.Process(target=worker_loop,
                                      args=(str(queue_path), str(root), f"{os.getpid()}-{_round}-{i}"),
-                                     kwargs={"env": env})
+                                     kwargs={"env": env, "owner": os.getpid()})
                      for i in range(workers)]
             for p in procs:
                 p.start()
