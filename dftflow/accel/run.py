@@ -57,6 +57,18 @@ def collect(queue_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         queue.close()
 
 
+def pin_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Record an evaluation's settings in ``out/settings.json``; refuse a directory holding other ones."""
+    path = out / "settings.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise InputError(f"{out}: an evaluation with other settings ({', '.join(changed)}) is there; "
+                             "use another --out directory")
+    path.write_text(json.dumps(settings, indent=2))
+
+
 def accel_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path, engine: str = "gpaw",
                arms: tuple[str, ...], inputset: str | None = None, overrides: dict[str, Any] | None = None,
                nfixed: int | None = None, occupancies: str = "auto", workers: int = 1, figures: bool = True,
@@ -91,14 +103,7 @@ def accel_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path
                 "occupancies": occupancies if engine == "gpaw" else "vasp-atomic"}
     if correction_scale is not None:  # recorded only when set, so earlier evaluations stay comparable
         settings["correction_scale"] = correction_scale
-    settings_path = out / "settings.json"
-    if settings_path.exists():
-        previous = json.loads(settings_path.read_text())
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise InputError(f"{out}: an evaluation with other settings ({', '.join(changed)}) is there; "
-                             "use another --out directory")
-    settings_path.write_text(json.dumps(settings, indent=2))
+    pin_settings(out, settings)
 
     def flow(uid: str, structure: Structure) -> Any:
         if engine == "gpaw":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +23,21 @@ def _overrides(items: list[str]) -> dict:
             raise InputError(f"--set {item!r}: expected KEY=VALUE (e.g. ecut=300)")
         out[key] = yaml.safe_load(value)
     return out
+
+
+def evaluation_materials(materials: list[Path] | None, dataset: Path | None, split: Path | None, task: str,
+                         subset: str) -> list[tuple[str, Any]]:
+    """The (name, structure) pairs of an evaluation: structure files, then a dataset split's subset."""
+    from dftflow.accel.run import dataset_materials
+
+    items = [(structure_name(path), read_structure(path)) for path in materials or []]
+    if dataset is not None:
+        if split is None:
+            raise InputError("--dataset needs --split (from `dftflow dataset split`)")
+        items += dataset_materials(dataset, split, task, subset)
+    if not items:
+        raise InputError("no materials: give structure files or --dataset/--split")
+    return items
 
 
 def accel_eval(
@@ -56,20 +71,11 @@ def accel_eval(
 ) -> None:
     """Restart SCF runs from predicted densities and compare their steps with the default guess."""
     from dftflow.accel.run import accel_eval as run
-    from dftflow.accel.run import dataset_materials
     from dftflow.build import _ticker
     from dftflow.models import resolve_model
 
     checkpoint = resolve_model(model)
-    items = []
-    for path in materials or []:
-        items.append((structure_name(path), read_structure(path)))
-    if dataset is not None:
-        if split is None:
-            raise InputError("--dataset needs --split (from `dftflow dataset split`)")
-        items += dataset_materials(dataset, split, task, subset)
-    if not items:
-        raise InputError("no materials: give structure files or --dataset/--split")
+    items = evaluation_materials(materials, dataset, split, task, subset)
     arm_list = tuple(a.strip() for a in arms.split(",") if a.strip())
     with RichProgress(enabled=not json_) as progress:
         report = run(out.resolve(), items, model=checkpoint, engine=engine, arms=arm_list, inputset=inputset,

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from dftflow.cli.accel import _overrides
-from dftflow.cli.common import JsonOpt, RichProgress, WorkersOpt, console, print_json, read_structure, structure_name
+from dftflow.cli.accel import _overrides, evaluation_materials
+from dftflow.cli.common import JsonOpt, RichProgress, WorkersOpt, console, print_json
 from dftflow.cli.models import ModelOpt
-from dftflow.errors import InputError
 
 
 def nscf_eval(
@@ -33,20 +32,13 @@ def nscf_eval(
     json_: JsonOpt = False,
 ) -> None:
     """Compare properties of one non-self-consistent step on a fixed density with the SCF reference."""
-    from dftflow.accel.run import dataset_materials
     from dftflow.build import _ticker
     from dftflow.models import resolve_model
     from dftflow.nscf.run import nscf_eval as run
 
     starts = tuple(s.strip() for s in start.split(",") if s.strip())
     checkpoint = resolve_model(model) if "ml" in starts else None
-    items = [(structure_name(path), read_structure(path)) for path in materials or []]
-    if dataset is not None:
-        if split is None:
-            raise InputError("--dataset needs --split (from `dftflow dataset split`)")
-        items += dataset_materials(dataset, split, task, subset)
-    if not items:
-        raise InputError("no materials: give structure files or --dataset/--split")
+    items = evaluation_materials(materials, dataset, split, task, subset)
     with RichProgress(enabled=not json_) as progress:
         report = run(out.resolve(), items, model=checkpoint, starts=starts, inputset=inputset,
                      overrides=_overrides(set_ or []), occupancies=occupancies, workers=workers or 1,

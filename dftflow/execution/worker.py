@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dftflow.execution.queue import JobQueue, NewJob, QueuedJob
+from dftflow.procs import pid_alive
 
 
 def flow_jobs(flow: Any) -> list[NewJob]:
@@ -80,16 +81,8 @@ def execute_job(job: Any, parents: dict[str, Any], workdir: Path) -> dict[str, A
     return jsanitize(doc, strict=True, enum_values=True)
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _alive(owner: int | None) -> bool:
+    return owner is None or pid_alive(owner)
 
 
 def _heartbeat(path: Path, uuid: str, worker: str, stop: threading.Event, every: float,

@@ -25,7 +25,7 @@ def nscf_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path 
               occupancies: str = "auto", workers: int = 1, figures: bool = True,
               on_tick: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
     """Run (or continue) the evaluation in ``out`` on local GPAW workers and write its report."""
-    from dftflow.accel.run import collect
+    from dftflow.accel.run import collect, pin_settings
     from dftflow.execution.queue import JobQueue
     from dftflow.execution.worker import flow_jobs, run_workers
     from dftflow.gpaw.params import versions
@@ -50,14 +50,7 @@ def nscf_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path 
     settings = {"engine": "gpaw", "model": str(model.resolve()) if model and "ml" in starts else None,
                 "starts": list(starts), "inputset": inputset, "overrides": overrides or {},
                 "occupancies": occupancies}
-    settings_path = out / "settings.json"
-    if settings_path.exists():
-        previous = json.loads(settings_path.read_text())
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise InputError(f"{out}: an evaluation with other settings ({', '.join(changed)}) is there; "
-                             "use another --out directory")
-    settings_path.write_text(json.dumps(settings, indent=2))
+    pin_settings(out, settings)
 
     queue_path = out / "jobs.sqlite"
     queue = JobQueue(queue_path)

@@ -14,6 +14,7 @@ from pathlib import Path
 import gpaw  # noqa: F401 - installed by scripts/setup.sh: a broken build must fail here, not skip
 import pytest
 
+from dftflow.procs import pid_alive
 from tests.helpers_process import kill_group, wait_for_count
 
 REPO = Path(__file__).resolve().parents[2]
@@ -204,14 +205,6 @@ def test_an_edited_input_set_is_refused_or_its_results_redone(tmp_path: Path) ->
     assert again["stages"]["dft"]["requeued_changed_settings"] == 0  # nothing changed since
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return "\nState:\tZ" not in state  # a zombie has stopped running
-
-
 @pytest.mark.slow
 def test_workers_stop_when_the_build_that_started_them_is_killed(tmp_path: Path) -> None:
     # SIGTERM to the build alone (a scheduler's or a user's `kill`): its workers must not go on computing
@@ -225,13 +218,13 @@ def test_workers_stop_when_the_build_that_started_them_is_killed(tmp_path: Path)
         assert wait_for_count(db, "SELECT COUNT(*) FROM jobs WHERE state='RUNNING'", 1, timeout=300, poll=0.1)
         with sqlite3.connect(db) as con:
             (worker,) = con.execute("SELECT pid FROM jobs WHERE state='RUNNING'").fetchone()
-        assert worker and worker != proc.pid and _running(worker)
+        assert worker and worker != proc.pid and pid_alive(worker)
         os.kill(proc.pid, 15)
         proc.wait(timeout=30)
         deadline = time.time() + 40  # a heartbeat period (10 s) and the job's own teardown
-        while _running(worker) and time.time() < deadline:
+        while pid_alive(worker) and time.time() < deadline:
             time.sleep(0.5)
-        assert not _running(worker), "the worker outlived the build that started it"
+        assert not pid_alive(worker), "the worker outlived the build that started it"
         with sqlite3.connect(db) as con:
             done = con.execute("SELECT COUNT(*) FROM jobs WHERE state='COMPLETED'").fetchone()[0]
         assert done < 5
