@@ -200,7 +200,7 @@ def run_arm(maker: GpawArmMaker, structure: Structure, *, uid: str = "", referen
         "uid": uid, "arm": maker.arm, "engine": "gpaw", "deployable": ARMS[arm]["deployable"],
         "occupancies": source, "energy": run["energy"], "natoms": len(atoms),
         "n_scf": run["n_scf"], "n_fixed": run["n_fixed"], "steps": run["n_scf"] + run["n_fixed"],
-        "steps_log": {"fixed": logged.fixed, "scf": logged.scf},
+        "steps_log": {"fixed": logged.fixed, "scf": logged.scf}, "start_energy": logged.first_scf_energy,
         "wall_s": round(run["wall"], 3), "setup_s": round(t_start, 3), "dir": str(workdir),
         "inputset": iset.name, "parameters": params, "parameters_hash": params_hash(params),
         "nfixed": maker.nfixed, "versions": versions(),

@@ -5,7 +5,9 @@ VASP's OSZICAR counts them): that is what a user pays for, and every arm makes
 the same number of fixed steps. The ratio of SCF iterations alone is reported
 next to it. The *achieved* ratio is steps(ML)/steps(default), the *oracle*
 ratio steps(oracle)/steps(default), and the paper's *optimal* ratio
-1/steps(default) (a single step).
+1/steps(default) (a single step). ``start_error_<arm>`` is how far the energy
+of the first SCF iteration lies from the converged one (eV/atom): a start's
+quality on a continuous scale, which step counts show only in whole steps.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def material_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[f"ratio_{key}"] = r["steps"] / default["steps"]
                 row[f"scf_ratio_{key}"] = r["n_scf"] / default["n_scf"]
                 row[f"energy_diff_{key}"] = abs(r["energy"] - default["energy"]) / max(1, default.get("natoms") or 1)
+            if r.get("start_energy") is not None:  # how far the start was from the converged energy, eV/atom
+                row[f"start_error_{key}"] = (abs(r["start_energy"] - default["energy"])
+                                             / max(1, default.get("natoms") or 1))
         prediction = arms.get("predict")
         if prediction is not None:
             row["inference_s"] = prediction.get("seconds")

@@ -25,7 +25,15 @@ import numpy as np
 from pymatgen.core import Structure
 
 from dftflow.gpaw import check_version
-from dftflow.gpaw.params import EngineError, available_setups, gpaw_parameters, params_hash, to_atoms, versions
+from dftflow.gpaw.params import (
+    EngineError,
+    available_setups,
+    gpaw_parameters,
+    hubbard_setups,
+    params_hash,
+    to_atoms,
+    versions,
+)
 from dftflow.gpaw.restart import DensityState, scf_from_density, state_of
 from dftflow.inputsets import InputSet
 from dftflow.sources.records import pack
@@ -104,6 +112,7 @@ def run_static(structure: Structure, inputset: InputSet, workdir: Path | str, *,
         "inputset": inputset.name,
         "parameters": params,
         "parameters_hash": params_hash(params),
+        "hubbard_not_applied": hubbard_setups(atoms.get_chemical_symbols(), inputset)[1],
         "versions": versions(),
         "files": {"chgcar": "CHGCAR", "density": "density.npz", "guess": "guess.npz", "log": "gpaw.txt"},
     }

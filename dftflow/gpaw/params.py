@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -46,6 +47,38 @@ def available_setups(symbols: list[str], xc: str) -> list[str]:
     return missing
 
 
+@functools.lru_cache(maxsize=None)
+def has_bound_shell(symbol: str, shell: str, xc: str = "PBE") -> bool:
+    """Whether GPAW's PAW setup of ``symbol`` holds a bound partial wave of ``shell`` (s, p, d, f).
+
+    DFT+U acts on the bound partial waves of the shell; a setup that keeps the
+    shell in the core (gpaw-data 1.2.1: Ga, whose 3d VASP's Ga_d POTCAR holds
+    in the valence) has none, and GPAW refuses U there.
+    """
+    from gpaw.setup import create_setup
+    from gpaw.xc import XC
+
+    setup = create_setup(symbol, XC(xc))
+    l = "spdf".index(shell)
+    return any(lj == l and nj != -1 for lj, nj in zip(setup.l_j, setup.n_j, strict=True))
+
+
+def hubbard_setups(symbols: list[str], inputset: InputSet) -> tuple[dict[str, str], dict[str, str]]:
+    """GPAW ``setups`` strings for the set's U on these elements, and the elements whose U the
+    setups cannot carry, with the reason (they run without U)."""
+    u = inputset.hubbard_shells()
+    setups, skipped = {}, {}
+    for symbol in sorted(set(symbols)):
+        if symbol not in u:
+            continue
+        shell, value = u[symbol]
+        if has_bound_shell(symbol, shell, inputset.xc if inputset.xc.upper() == "PBE" else "PBE"):
+            setups[symbol] = f":{shell},{value}"
+        else:
+            skipped[symbol] = f"GPAW's {symbol} setup holds no bound {shell} partial wave: run without U ({value} eV)"
+    return setups, skipped
+
+
 def gpaw_parameters(atoms: Atoms, inputset: InputSet) -> dict[str, Any]:
     """Plain, JSON-ready GPAW parameters (recorded verbatim with the result)."""
     if inputset.engine != "gpaw":
@@ -62,11 +95,12 @@ def gpaw_parameters(atoms: Atoms, inputset: InputSet) -> dict[str, Any]:
         "spinpol": inputset.spin_polarized(symbols),
     }
     u = inputset.hubbard_shells()
-    present = {s: u[s] for s in sorted(set(symbols)) if s in u}
-    if present:
+    if any(s in u for s in symbols):
         if inputset.xc.upper() != "PBE":
             raise EngineError(f"input set {inputset.name!r}: Hubbard U is only used with PBE, not {inputset.xc}")
-        params["setups"] = {s: f":{shell},{value}" for s, (shell, value) in present.items()}
+        setups, _ = hubbard_setups(symbols, inputset)
+        if setups:
+            params["setups"] = setups
     return params
 
 

@@ -68,11 +68,14 @@ def test_gpaw_log_separates_fixed_density_steps(tmp_path):
         "|iter:   1| 08:14:03 |  -10.714079 | -0.08 |       |\n"
         "|iter:   2| 08:14:03 |  -10.703114 | -2.40 |      c|\n"
         "SCF iterations\n|iter     |     time |      energy | eigst |  dens |\n"
-        "|iter:   1| 08:14:03 |  -10.714079 | -0.08 |       |\n"
+        "|iter:   1| 08:14:03 |  -10.712345c| -0.08 |       |\n"
         "|iter:   2| 08:14:03 |  -10.703114 | -2.40 | -0.79 |\n"
-        "|iter:   3| 08:14:03 |  -10.602774 | -2.11 | -0.81c|\n")
+        "|iter:   3| 08:14:03 |  -10.602774 | -2.11 | -0.81c|\n"
+        "SCF iterations\n|iter     |     time |      energy | eigst |  dens |\n"
+        "|iter:   1| 08:14:04 |  -10.602770 | -5.08 | -4.79 |\n")
     steps = gpaw_log_steps(log)
-    assert (steps.fixed, steps.scf, steps.total) == (2, [3], 5)
+    assert (steps.fixed, steps.scf, steps.total) == (2, [3, 1], 6)
+    assert steps.first_scf_energy == -10.712345  # the first SCF loop's first row, not a fixed step's
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
