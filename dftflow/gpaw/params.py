@@ -47,7 +47,7 @@ def available_setups(symbols: list[str], xc: str) -> list[str]:
     return missing
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_bound_shell(symbol: str, shell: str, xc: str = "PBE") -> bool:
     """Whether GPAW's PAW setup of ``symbol`` holds a bound partial wave of ``shell`` (s, p, d, f).
 
@@ -59,8 +59,8 @@ def has_bound_shell(symbol: str, shell: str, xc: str = "PBE") -> bool:
     from gpaw.xc import XC
 
     setup = create_setup(symbol, XC(xc))
-    l = "spdf".index(shell)
-    return any(lj == l and nj != -1 for lj, nj in zip(setup.l_j, setup.n_j, strict=True))
+    ell = "spdf".index(shell)
+    return any(lj == ell and nj != -1 for lj, nj in zip(setup.l_j, setup.n_j, strict=True))
 
 
 def hubbard_setups(symbols: list[str], inputset: InputSet) -> tuple[dict[str, str], dict[str, str]]:
