@@ -28,7 +28,10 @@ def nscf_eval(
                                                   "atomic, or auto (predicted when the model has an occupancy "
                                                   "head). Correction models bring their own.")] = "auto",
     workers: WorkersOpt = None,
-    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write the PNG figure.")] = True,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write the PNG figures.")] = True,
+    experimental: Annotated[bool, typer.Option("--experimental", help="Put the band gaps next to experimental "
+                                               "ones (a bundled table with sources, matched by formula and "
+                                               "space group).")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Compare properties of one non-self-consistent step on a fixed density with the SCF reference."""
@@ -42,11 +45,13 @@ def nscf_eval(
     with RichProgress(enabled=not json_) as progress:
         report = run(out.resolve(), items, model=checkpoint, starts=starts, inputset=inputset,
                      overrides=_overrides(set_ or []), occupancies=occupancies, workers=workers or 1,
-                     figures=figures, on_tick=_ticker(progress))
+                     figures=figures, experimental=experimental, on_tick=_ticker(progress))
     if json_:
         print_json(report)
         return
     console.print(nscf_table(report))
+    if "experimental" in report:
+        console.print(experimental_table(report))
     for row in report["materials"]:
         if row.get("fallback"):
             console.print(f"[yellow]{row['uid']}[/]: {row['fallback']}")
@@ -72,4 +77,26 @@ def nscf_table(report: dict):
             stats = block[prop]
             cells.append("-" if not stats["n"] else f"{1e3 * stats['mae']:.3g} / {1e3 * stats['max']:.3g}")
         table.add_row(*cells)
+    return table
+
+
+def experimental_table(report: dict):
+    """Per material: the experimental gap, the SCF's and each start's (eV); the MAE row below."""
+    from rich.table import Table
+
+    block = report["experimental"]
+    sources = list(block["summary"])
+    table = Table(title=f"fundamental band gap vs experiment (eV): {block['matched']} matched")
+    for column in ("material", "experiment", *sources, "source"):
+        table.add_column(column, justify="left" if column in ("material", "source") else "right")
+    for row in report["materials"]:
+        if "gap_exp" not in row:
+            continue
+        cells = [f"{row['gap_exp'] + row[f'gap_vs_exp_{s}']:.2f}" if f"gap_vs_exp_{s}" in row else "-"
+                 for s in sources]
+        table.add_row(row["uid"], f"{row['gap_exp']:.2f}", *cells, f"{row['gap_exp_source']} ({row['gap_exp_T']:g} K)")
+    table.add_row("MAE", "", *[f"{block['summary'][s]['mae']:.2f}" if block["summary"][s]["n"] else "-"
+                               for s in sources], "")
+    for uid, reason in block["unmatched"].items():
+        table.add_row(uid, "-", *["" for _ in sources], reason)
     return table

@@ -127,16 +127,80 @@ def plot(rows: list[dict[str, Any]], starts: tuple[str, ...], path: Path) -> str
     return str(path)
 
 
+def add_experimental(rows: list[dict[str, Any]], results: list[dict[str, Any]], starts: tuple[str, ...],
+                     matches: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Experimental gaps into the rows (``gap_exp``, signed ``gap_vs_exp_<scf|start>``: computed − experiment,
+    fundamental gaps) and the summary over the matched materials (MAE and mean signed error per source)."""
+    from dftflow.nscf.experimental import SYMPREC, TABLE
+
+    gaps: dict[tuple[str, str], float] = {(r["uid"], r.get("start", "")): r["gap_indirect"]
+                                         for r in results if r.get("gap_indirect") is not None}
+    unmatched: dict[str, str] = {}
+    for row in rows:
+        found = matches.get(row["uid"])
+        if found is None or found.get("entry") is None:
+            unmatched[row["uid"]] = (found or {}).get("reason") or "not matched"
+            continue
+        entry = found["entry"]
+        row.update(gap_exp=entry["gap"], gap_exp_kind=entry["kind"], gap_exp_T=entry["T"],
+                   gap_exp_source=entry["source"])
+        for source in ("scf", *starts):
+            if (row["uid"], source) in gaps:
+                row[f"gap_vs_exp_{source}"] = gaps[(row["uid"], source)] - entry["gap"]
+    summary: dict[str, Any] = {}
+    for source in ("scf", *starts):
+        values = [r[f"gap_vs_exp_{source}"] for r in rows if f"gap_vs_exp_{source}" in r]
+        summary[source] = {"n": len(values), "mae": float(np.mean(np.abs(values))) if values else None,
+                           "mean_signed": float(np.mean(values)) if values else None}
+    return {"table": str(TABLE.name), "symprec": SYMPREC, "compared": "fundamental gap (gap_indirect)",
+            "matched": sum(1 for r in rows if "gap_exp" in r), "unmatched": unmatched, "summary": summary}
+
+
+def plot_experimental(rows: list[dict[str, Any]], starts: tuple[str, ...], path: Path) -> str | None:
+    """Computed against experimental gap, one marker per source (the SCF and each start), y = x dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if "gap_exp" in r]
+    if not done:
+        return None
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    top = max(r["gap_exp"] for r in done)
+    for source, marker in zip(("scf", *starts), "os^vDx", strict=False):
+        points = [(r["gap_exp"], r["gap_exp"] + r[f"gap_vs_exp_{source}"]) for r in done if f"gap_vs_exp_{source}" in r]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.scatter(xs, ys, marker=marker, s=28, alpha=0.8, label=source)
+            top = max(top, *ys)
+    ax.plot([0, 1.05 * top], [0, 1.05 * top], "k--", lw=0.8)
+    ax.set_xlabel("experimental gap (eV)")
+    ax.set_ylabel("computed gap (eV)")
+    ax.set_title(f"band gaps of {len(done)} materials", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def write_report(results: list[dict[str, Any]], starts: tuple[str, ...], out: Path, *,
-                 settings: dict[str, Any], figures: bool = True) -> dict[str, Any]:
+                 settings: dict[str, Any], figures: bool = True,
+                 experimental: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``experimental``: uid → {"entry": table entry as a dict or None, "reason": why none}; adds the
+    comparison with experimental gaps (``report["experimental"]``)."""
     rows = material_rows(results, starts)
     report: dict[str, Any] = {"settings": settings, "units": {p: u for p, (u, _) in PROPERTIES.items()},
                               "chemical_accuracy": CHEMICAL_ACCURACY, "summary": summarize(rows, starts),
                               "materials": rows}
+    if experimental is not None:
+        report["experimental"] = add_experimental(rows, results, starts, experimental)
     write_csv(rows, out / "nscf.csv")
     report["figures"] = []
     if figures:
-        figure = plot(rows, starts, out / "nscf_errors.png")
-        report["figures"] = [figure] if figure else []
+        report["figures"] = [f for f in (plot(rows, starts, out / "nscf_errors.png"),
+                                         plot_experimental(rows, starts, out / "nscf_gaps_vs_experiment.png")
+                                         if experimental is not None else None) if f]
     (out / "nscf.json").write_text(json.dumps(report, indent=2))
     return report

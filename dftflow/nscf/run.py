@@ -22,9 +22,13 @@ from dftflow.nscf import STARTS, hybrid_refusal
 
 def nscf_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path | None, starts: tuple[str, ...],
               inputset: str = "gpaw_pbe_static", overrides: dict[str, Any] | None = None,
-              occupancies: str = "auto", workers: int = 1, figures: bool = True,
+              occupancies: str = "auto", workers: int = 1, figures: bool = True, experimental: bool = False,
               on_tick: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
-    """Run (or continue) the evaluation in ``out`` on local GPAW workers and write its report."""
+    """Run (or continue) the evaluation in ``out`` on local GPAW workers and write its report.
+
+    ``experimental``: put the fundamental gaps next to the experimental ones of the bundled table
+    (:mod:`dftflow.nscf.experimental`) for the materials it lists.
+    """
     from dftflow.accel.run import collect, pin_settings
     from dftflow.execution.queue import JobQueue
     from dftflow.execution.worker import flow_jobs, run_workers
@@ -63,7 +67,16 @@ def nscf_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path 
         queue.close()
     run_workers(queue_path, out, workers, on_tick=on_tick)
     results, problems = collect(queue_path)
-    report = write_report(results, starts, out, settings={**settings, "versions": versions()}, figures=figures)
+    matches = None
+    if experimental:
+        from dftflow.nscf.experimental import match
+
+        matches = {}
+        for uid, structure in materials:
+            entry, reason = match(structure)
+            matches[uid] = {"entry": entry.model_dump() if entry else None, "reason": reason}
+    report = write_report(results, starts, out, settings={**settings, "versions": versions()}, figures=figures,
+                          experimental=matches)
     queue = JobQueue(queue_path)
     try:
         report["jobs"] = queue.counts()
