@@ -32,18 +32,6 @@ def inputset_engine(inputset: str) -> str:
     return str(data.get("engine", "vasp"))  # the VASP sets name no engine (dftflow.vasp.inputs)
 
 
-def vasp_xc(inputset: str, overrides: dict[str, Any] | None = None) -> str:
-    """The functional of a VASP input set with the user's INCAR tags: HSE06, PBE0 (LHFCALC) or PBE."""
-    from dftflow.vasp.inputs import load_vasp_inputset
-
-    iset = load_vasp_inputset(inputset)
-    incar = {**{k.upper(): v for k, v in iset.incar.items()}, **{k.upper(): v for k, v in (overrides or {}).items()}}
-    hybrid = iset.calculation == "hse06-static" or str(incar.get("LHFCALC", "")).strip(".").lower() in ("true", "t")
-    if not hybrid:
-        return "PBE"
-    return "HSE06" if incar.get("HFSCREEN") not in (None, 0, 0.0) or iset.calculation == "hse06-static" else "PBE0"
-
-
 def nscf_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path | None, starts: tuple[str, ...],
               inputset: str = "gpaw_pbe_static", overrides: dict[str, Any] | None = None,
               occupancies: str = "auto", workers: int = 1, figures: bool = True, profile: str | None = None,
@@ -79,10 +67,14 @@ def nscf_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path 
         if profile:
             raise InputError(f"--profile {profile}: GPAW evaluations run on local workers (--workers)")
     else:
-        from dftflow.nscf.vasp import start_refusal
+        from dftflow.nscf.vasp import start_refusal, vasp_xc
         from dftflow.vasp.inputs import load_vasp_inputset
 
-        name, xc = load_vasp_inputset(inputset).name, vasp_xc(inputset, overrides)
+        viset = load_vasp_inputset(inputset)
+        name, xc = viset.name, vasp_xc(inputset, overrides)
+        if viset.calculation == "relax":
+            raise InputError(f"input set {name}: a relaxation; nscf-eval compares with a static (ecd-pbe-static, "
+                             "mp-static)")
     refusal = hybrid_refusal(xc)
     if refusal:
         raise InputError(f"input set {name}: {refusal}")

@@ -25,15 +25,13 @@ from typing import Any
 import numpy as np
 from jobflow import Flow, job
 
-from dftflow.nscf import STARTS, VASP_NO_DEFAULT, VASP_NO_ENERGY, gaps
+from dftflow.nscf import STARTS, VASP_NO_DEFAULT, VASP_NO_ENERGY, gaps, hybrid_refusal
 from dftflow.vasp.jobs import VaspMaker, VaspRunError, run_vasp
 
 #: The reference static: VASP's atomic guess, no wave functions read, its CHGCAR (with occupancies) written.
 SCF_TAGS: dict[str, Any] = {"ISTART": 0, "ICHARG": 2, "NSW": 0, "LCHARG": True}
 #: The fixed-density run: the density read from CHGCAR and never updated, nothing written back.
 NSCF_TAGS: dict[str, Any] = {"ISTART": 0, "ICHARG": 11, "NSW": 0, "LCHARG": False}
-#: The starts a VASP evaluation can hold fixed.
-VASP_STARTS = ("ml", "oracle")
 
 
 def start_refusal(start: str) -> str | None:
@@ -43,6 +41,18 @@ def start_refusal(start: str) -> str | None:
     if start not in STARTS:
         return f"unknown start {start!r} (known: {', '.join(STARTS)})"
     return None
+
+
+def vasp_xc(inputset: str, overrides: dict[str, Any] | None = None) -> str:
+    """The functional of a VASP input set with the user's INCAR tags: HSE06, PBE0 (LHFCALC) or PBE."""
+    from dftflow.vasp.inputs import load_vasp_inputset
+
+    iset = load_vasp_inputset(inputset)
+    incar = {**{k.upper(): v for k, v in iset.incar.items()}, **{k.upper(): v for k, v in (overrides or {}).items()}}
+    hybrid = iset.calculation == "hse06-static" or str(incar.get("LHFCALC", "")).strip(".").lower() in ("true", "t")
+    if not hybrid:
+        return "PBE"
+    return "HSE06" if incar.get("HFSCREEN") not in (None, 0, 0.0) or iset.calculation == "hse06-static" else "PBE0"
 
 
 def vasp_properties(directory: Path, natoms: int) -> dict[str, Any]:
@@ -98,7 +108,8 @@ def run_vasp_nscf(maker: VaspNscfMaker, structure: Any, *, uid: str = "", start_
 
     structure = _structure(structure)
     if maker.start != "scf":
-        refusal = start_refusal(maker.start)
+        user = {k: v for layer in maker.incar_overrides for k, v in layer.items()}
+        refusal = start_refusal(maker.start) or hybrid_refusal(vasp_xc(maker.inputset, user))
         if refusal:
             raise VaspRunError(refusal)
         if not start_chgcar:

@@ -130,11 +130,13 @@ def test_vasp_oracle_step_gives_the_static_gaps(shared: Path, tmp_path: Path, va
 
 
 def test_vasp_refuses_the_default_start_and_hybrids(tmp_path: Path) -> None:
-    """No CHGCAR of VASP's atomic guess, and no density-only Hamiltonian for HSE06: refused before any job."""
+    """No CHGCAR of VASP's atomic guess, no density-only Hamiltonian for HSE06, no relaxation as the reference:
+    refused before any job."""
     structure = Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
     cases = [(("default",), "mp-static", {}, ["ICHARG = 11", "CHGCAR", "atomic"]),
              (("oracle",), "ecd-hse06-static", {}, ["hybrid functional", "HSE06", "orbitals"]),
-             (("oracle",), "mp-static", {"LHFCALC": True, "HFSCREEN": 0.2}, ["hybrid functional", "HSE06"])]
+             (("oracle",), "mp-static", {"LHFCALC": True, "HFSCREEN": 0.2}, ["hybrid functional", "HSE06"]),
+             (("oracle",), "mp-relax", {}, ["relaxation", "static"])]
     for i, (starts, inputset, overrides, words) in enumerate(cases):
         out = tmp_path / f"eval{i}"
         with pytest.raises(InputError) as err:
