@@ -123,6 +123,10 @@ def vasp_double(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
                 {"dir": str(base / "GGA_Static"), "match": {"NSW": 0}, "tolerance": 0.01,
                  "chgcar": str(chgcar_run / "CHGCAR.gz"), **({"outcar": str(chgcar_run / "OUTCAR.gz")}
                                                              if chgcar_outcar else {})},
+                # the same static as the ICHARG = 11 run from its own converged density (that CHGCAR):
+                # there the eigenvalues are the static's (nscf-eval's oracle start)
+                {"dir": str(base / "GGA_Static"), "match": {"NSW": 0}, "tolerance": 0.01, "fixed_density": True,
+                 "chgcar": str(chgcar_run / "CHGCAR.gz")},
             ],
             "state": str(tmp_path / "double-state"),
             **extra,

@@ -124,7 +124,7 @@ def accel_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path
     if engine == "gpaw":
         run_workers(queue_path, out, workers, on_tick=on_tick)
     else:
-        launched = _submit(out, profile, dry_run=dry_run)  # type: ignore[arg-type]
+        launched = submit_allocations(out, profile, dry_run=dry_run, what="accel_eval")  # type: ignore[arg-type]
     results, problems = collect(queue_path)
     if engine == "gpaw":
         from dftflow.gpaw.params import versions
@@ -144,14 +144,17 @@ def accel_eval(out: Path, materials: list[tuple[str, Structure]], *, model: Path
     return report
 
 
-def _submit(root: Path, profile: str, *, dry_run: bool) -> list[dict[str, Any]]:
+def submit_allocations(root: Path, profile: str, *, dry_run: bool, what: str) -> list[dict[str, Any]]:
+    """Collect the finished allocations of the evaluation in ``root`` and submit SLURM allocations for its
+    queued jobs (``what``: the command, recorded in ``submit.json`` for ``dftflow status``/``retry``)."""
     from dftflow.config.profile import load_profile
     from dftflow.execution.launches import Launcher
 
     prof = load_profile(profile)
     if prof.scheduler != "slurm" or prof.store.type != "file":
-        raise InputError(f"profile {prof.name}: accel-eval with VASP needs a slurm profile with store.type file")
-    (root / "submit.json").write_text(json.dumps({"profile": str(profile), "accel_eval": True}))
+        raise InputError(f"profile {prof.name}: {what.replace('_', '-')} with VASP needs a slurm profile with "
+                         "store.type file")
+    (root / "submit.json").write_text(json.dumps({"profile": str(profile), what: True}))
     launcher = Launcher(root, prof)
     try:
         launcher.recover()

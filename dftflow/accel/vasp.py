@@ -75,10 +75,16 @@ class VaspArmMaker(VaspMaker):
 
 @dataclass(kw_only=True)
 class VaspPredictMaker(Maker):
-    """The model's density on the default arm's grid, as CHGCARs for the ML arms."""
+    """The model's density on the default arm's grid, as CHGCARs for the ML arms (``starts``).
+
+    ``reference`` is the result of a VASP static of the same settings (the
+    default arm, or nscf-eval's reference SCF): its CHGCAR gives the grid and
+    the augmentation block sizes, its vasprun.xml NELECT.
+    """
 
     name: str = "accel predict"
     model: str = ""
+    starts: tuple[str, ...] = ("ml", "ml-true-occ")
 
     @job
     def make(self, structure: Any, uid: str = "", reference: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -105,16 +111,23 @@ def run_vasp_predict(maker: VaspPredictMaker, structure: Any, *, uid: str = "",
     model, ckpt = load_model(maker.model)
     t_load = time.perf_counter() - t0
     result = predict_density(model, ckpt, structure, converged.grid, nelect=nelect)
-    files = {"ml": workdir / "CHGCAR.ml", "ml-true-occ": workdir / "CHGCAR.ml-true-occ"}
+    unknown = [k for k in maker.starts if k not in ("ml", "ml-true-occ")]
+    if unknown:
+        raise ValueError(f"VASP predicted starts {', '.join(unknown)}: ml or ml-true-occ")
+    files = {k: workdir / f"CHGCAR.{k}" for k in maker.starts}
     sizes = [len(v) for v in converged.augmentation["total"]] if converged.augmentation else None
-    predicted, occupancies = predicted_augmentation(model, structure, spin=result["diff"] is not None, sizes=sizes)
-    write_prediction_chgcar(structure, result["rho"], files["ml"], diff=result["diff"], augmentation=predicted)
-    augmentation = None
-    if converged.augmentation is not None:
-        keys = ("total", "diff") if result["diff"] is not None else ("total",)
-        augmentation = {k: converged.augmentation[k] for k in keys if k in converged.augmentation}
-    write_prediction_chgcar(structure, result["rho"], files["ml-true-occ"], diff=result["diff"],
-                            augmentation=augmentation)
+    occupancies = None
+    if "ml" in files:  # the model's own augmentation occupancies where its VASP head has them
+        predicted, occupancies = predicted_augmentation(model, structure, spin=result["diff"] is not None,
+                                                        sizes=sizes)
+        write_prediction_chgcar(structure, result["rho"], files["ml"], diff=result["diff"], augmentation=predicted)
+    if "ml-true-occ" in files:  # the reference's converged occupancies with the predicted grid
+        augmentation = None
+        if converged.augmentation is not None:
+            keys = ("total", "diff") if result["diff"] is not None else ("total",)
+            augmentation = {k: converged.augmentation[k] for k in keys if k in converged.augmentation}
+        write_prediction_chgcar(structure, result["rho"], files["ml-true-occ"], diff=result["diff"],
+                                augmentation=augmentation)
     out = {"uid": uid, "arm": "predict", "chgcar": {k: str(v) for k, v in files.items()},
            "grid": list(converged.grid), "nelect": nelect, "seconds": round(result["seconds"], 3),
            "load_s": round(t_load, 3), "electrons_predicted": result["electrons_predicted"],

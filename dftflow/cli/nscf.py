@@ -21,20 +21,34 @@ def nscf_eval(
     task: Annotated[str, typer.Option(help="... task ...")] = "pbe-id",
     subset: Annotated[str, typer.Option(help="... and subset (train, val, test).")] = "test",
     start: Annotated[str, typer.Option(help="Comma-separated densities to hold fixed: ml (the prediction), "
-                                            "oracle (the converged density), default (GPAW's atoms).")] = "ml",
-    inputset: Annotated[str, typer.Option(help="GPAW input set of the SCF and every step.")] = "gpaw_pbe_static",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Input-set override KEY=VALUE (repeatable).")] = None,
-    occupancies: Annotated[str, typer.Option(help="Density matrices of a total-density model's start: predicted, "
-                                                  "atomic, or auto (predicted when the model has an occupancy "
-                                                  "head). Correction models bring their own.")] = "auto",
+                                            "oracle (the converged density), default (GPAW's atoms; not with "
+                                            "VASP).")] = "ml",
+    inputset: Annotated[str, typer.Option(help="Input set of the SCF and every step; it chooses the engine: a GPAW "
+                                               "set, or a VASP static (ecd-pbe-static, mp-static: ICHARG = 11 "
+                                               "steps, gaps and band energy only). Hybrid (HSE06) sets are "
+                                               "refused.")] = "gpaw_pbe_static",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Input-set override KEY=VALUE (repeatable); "
+                                                                 "INCAR tags with VASP.")] = None,
+    occupancies: Annotated[str, typer.Option(help="GPAW: density matrices of a total-density model's start: "
+                                                  "predicted, atomic, or auto (predicted when the model has an "
+                                                  "occupancy head). Correction models bring their own. VASP: auto "
+                                                  "only (the VASP occupancy head's blocks, else none).")] = "auto",
+    profile: Annotated[str | None, typer.Option(help="VASP: cluster profile (SLURM) to run in; without it VASP "
+                                                     "runs on local workers.")] = None,
     workers: WorkersOpt = None,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write the PNG figures.")] = True,
     experimental: Annotated[bool, typer.Option("--experimental", help="Put the band gaps next to experimental "
                                                "ones (a bundled table with sources, matched by formula and "
                                                "space group).")] = False,
+    dry_run: Annotated[bool, typer.Option(help="With --profile: write the launch scripts, do not sbatch.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Compare properties of one non-self-consistent step on a fixed density with the SCF reference."""
+    """Compare properties of one non-self-consistent step on a fixed density with the SCF reference.
+
+    With VASP the step is ICHARG = 11 from a CHGCAR; VASP gives no meaningful
+    total energy or forces at a fixed density, so only gaps and band energy are
+    compared (docs/nscf.md).
+    """
     from dftflow.build import _ticker
     from dftflow.models import resolve_model
     from dftflow.nscf.run import nscf_eval as run
@@ -45,7 +59,8 @@ def nscf_eval(
     with RichProgress(enabled=not json_) as progress:
         report = run(out.resolve(), items, model=checkpoint, starts=starts, inputset=inputset,
                      overrides=_overrides(set_ or []), occupancies=occupancies, workers=workers or 1,
-                     figures=figures, experimental=experimental, on_tick=_ticker(progress))
+                     figures=figures, experimental=experimental, profile=profile, dry_run=dry_run,
+                     on_tick=_ticker(progress))
     if json_:
         print_json(report)
         return
@@ -57,8 +72,17 @@ def nscf_eval(
             console.print(f"[yellow]{row['uid']}[/]: {row['fallback']}")
     for problem in report["problems"]:
         console.print(f"[red]{problem['uid']} {problem['job']}: {problem['state']}[/] {problem['error'] or ''}")
+    for start, props in report.get("not_available", {}).items():
+        for reason in sorted(set(props.values())):
+            names = ", ".join(p for p, r in props.items() if r == reason)
+            console.print(f"[dim]{start}: {names} not available: {reason}[/]")
     for fig in report["figures"]:
         console.print(f"figure: {fig}")
+    pending = sum(v for k, v in report["jobs"].items() if k not in ("COMPLETED", "FAILED", "LOST"))
+    if pending:
+        console.print(f"{pending} job(s) still queued or running"
+                      + (f"; submitted {len(report['launched'])} allocation(s)" if report.get("launched") else "")
+                      + "; run the same command again to collect them")
     console.print(f"report: {out / 'nscf.json'}, {out / 'nscf.csv'}")
 
 
@@ -75,7 +99,10 @@ def nscf_table(report: dict):
         cells = [start]
         for prop in props:
             stats = block[prop]
-            cells.append("-" if not stats["n"] else f"{1e3 * stats['mae']:.3g} / {1e3 * stats['max']:.3g}")
+            if stats["n"]:
+                cells.append(f"{1e3 * stats['mae']:.3g} / {1e3 * stats['max']:.3g}")
+            else:
+                cells.append("n/a" if stats.get("not_available") else "-")
         table.add_row(*cells)
     return table
 

@@ -87,10 +87,6 @@ def properties(dft: Any) -> dict[str, Any]:
 
 def band_gaps(eigs: np.ndarray, fermi_level: float) -> dict[str, Any]:
     """``gap_direct``, ``gap_indirect`` (eV) and ``metal`` from eigenvalues (spin, k, band) and the Fermi level."""
-    below, above = eigs < fermi_level, eigs > fermi_level
-    metal = bool(np.any(below.any(axis=(0, 1)) & above.any(axis=(0, 1))))
-    if metal or not below.any() or not above.any():
-        return {"gap_direct": 0.0, "gap_indirect": 0.0, "metal": metal}
-    vbm = np.where(below, eigs, -np.inf).max(axis=2)  # (spin, k)
-    cbm = np.where(above, eigs, np.inf).min(axis=2)
-    return {"gap_direct": float((cbm - vbm).min()), "gap_indirect": float(cbm.min() - vbm.max()), "metal": False}
+    from dftflow.nscf import gaps
+
+    return gaps(eigs, eigs < fermi_level, eigs > fermi_level)

@@ -5,6 +5,11 @@ band gaps (direct and indirect, on the SCF k-points), and forces as the
 length of the per-atom force difference (eV/Å), its maximum and its mean
 over the atoms of a material. Aggregates over materials are the mean
 absolute error (MAE) and the maximum.
+
+A property that the engine cannot give for a non-self-consistent step (VASP
+at ``ICHARG = 11``: total energy and forces) has no error column; its result
+says why under ``unavailable``, and the report carries that reason per start
+and property (``not_available``, and in the summary) instead of a number.
 """
 
 from __future__ import annotations
@@ -29,14 +34,37 @@ PROPERTIES = {
 }
 
 
+#: The result keys each reported property needs (``force_max``/``force_mae`` both come from ``forces``).
+NEEDS = {"energy": "energy_per_atom", "force_max": "forces", "force_mae": "forces", "gap_direct": "gap_direct",
+         "gap_indirect": "gap_indirect", "band_energy": "band_energy_per_atom"}
+
+
 def errors(nscf: dict[str, Any], scf: dict[str, Any]) -> dict[str, float]:
-    """The errors of one non-self-consistent result against the reference SCF (keys of :data:`PROPERTIES`)."""
-    force_err = np.linalg.norm(np.asarray(nscf["forces"]) - np.asarray(scf["forces"]), axis=1)
-    return {"energy": abs(nscf["energy_per_atom"] - scf["energy_per_atom"]),
-            "force_max": float(force_err.max()), "force_mae": float(force_err.mean()),
-            "gap_direct": abs(nscf["gap_direct"] - scf["gap_direct"]),
-            "gap_indirect": abs(nscf["gap_indirect"] - scf["gap_indirect"]),
-            "band_energy": abs(nscf["band_energy_per_atom"] - scf["band_energy_per_atom"])}
+    """The errors of one non-self-consistent result against the reference SCF (keys of :data:`PROPERTIES`);
+    a property the step did not give (None) is left out."""
+    out: dict[str, float] = {}
+    if nscf.get("energy_per_atom") is not None:
+        out["energy"] = abs(nscf["energy_per_atom"] - scf["energy_per_atom"])
+    if nscf.get("forces") is not None:
+        force_err = np.linalg.norm(np.asarray(nscf["forces"]) - np.asarray(scf["forces"]), axis=1)
+        out.update(force_max=float(force_err.max()), force_mae=float(force_err.mean()))
+    for key, value in (("gap_direct", "gap_direct"), ("gap_indirect", "gap_indirect"),
+                       ("band_energy", "band_energy_per_atom")):
+        out[key] = abs(nscf[value] - scf[value])
+    return out
+
+
+def not_available(results: list[dict[str, Any]], starts: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Per start, the properties its results could not give and why (from their ``unavailable``)."""
+    out: dict[str, dict[str, str]] = {}
+    for r in results:
+        if r.get("start") not in starts or not r.get("unavailable"):
+            continue
+        for prop, need in NEEDS.items():
+            reason = r["unavailable"].get("forces" if need == "forces" else prop)
+            if reason:
+                out.setdefault(r["start"], {})[prop] = reason
+    return out
 
 
 def material_rows(results: list[dict[str, Any]], starts: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -71,8 +99,10 @@ def material_rows(results: list[dict[str, Any]], starts: tuple[str, ...]) -> lis
     return rows
 
 
-def summarize(rows: list[dict[str, Any]], starts: tuple[str, ...]) -> dict[str, Any]:
-    """Per start and property: number of materials, MAE and maximum of the error over materials."""
+def summarize(rows: list[dict[str, Any]], starts: tuple[str, ...],
+              missing: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """Per start and property: number of materials, MAE and maximum of the error over materials
+    (and, where the engine cannot give the property, ``not_available``: why)."""
     out: dict[str, Any] = {}
     for start in starts:
         block = {}
@@ -80,6 +110,9 @@ def summarize(rows: list[dict[str, Any]], starts: tuple[str, ...]) -> dict[str, 
             values = [r[f"{prop}_err_{start}"] for r in rows if f"{prop}_err_{start}" in r]
             block[prop] = {"n": len(values), "mae": float(np.mean(values)) if values else None,
                            "max": float(np.max(values)) if values else None}
+            reason = (missing or {}).get(start, {}).get(prop)
+            if reason:
+                block[prop]["not_available"] = reason
         out[start] = block
     return out
 
@@ -111,9 +144,16 @@ def plot(rows: list[dict[str, Any]], starts: tuple[str, ...], path: Path) -> str
     width = 0.8 / len(starts)
     floor = 1e-4  # meV: a bar for an error at machine precision stays visible on the log axis
     for ax, (prop, (unit, accuracy)) in zip(axes, PROPERTIES.items(), strict=True):
+        shown = False
         for i, start in enumerate(starts):
-            values = [max(floor, 1e3 * r.get(f"{prop}_err_{start}", 0.0)) for r in done]
+            # no bar where the property is not available (a floor bar would read as a tiny error)
+            values = [max(floor, 1e3 * r[f"{prop}_err_{start}"]) if f"{prop}_err_{start}" in r else np.nan
+                      for r in done]
+            shown = shown or not np.all(np.isnan(values))
             ax.bar(x + (i - (len(starts) - 1) / 2) * width, values, width, label=start)
+        if not shown:
+            ax.text(0.5, 0.5, "not available (see not_available in nscf.json)", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=8)
         if accuracy:
             ax.axhline(1e3 * CHEMICAL_ACCURACY[accuracy], color="k", ls="--", lw=0.8)
         ax.set_yscale("log")
@@ -191,9 +231,10 @@ def write_report(results: list[dict[str, Any]], starts: tuple[str, ...], out: Pa
     """``experimental``: uid → {"entry": table entry as a dict or None, "reason": why none}; adds the
     comparison with experimental gaps (``report["experimental"]``)."""
     rows = material_rows(results, starts)
+    missing = not_available(results, starts)
     report: dict[str, Any] = {"settings": settings, "units": {p: u for p, (u, _) in PROPERTIES.items()},
-                              "chemical_accuracy": CHEMICAL_ACCURACY, "summary": summarize(rows, starts),
-                              "materials": rows}
+                              "chemical_accuracy": CHEMICAL_ACCURACY, "summary": summarize(rows, starts, missing),
+                              "not_available": missing, "materials": rows}
     if experimental is not None:
         report["experimental"] = add_experimental(rows, results, starts, experimental)
     write_csv(rows, out / "nscf.csv")

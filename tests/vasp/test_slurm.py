@@ -176,6 +176,32 @@ def test_accel_eval_arms_run_through_slurm(setup, shared: Path, si_checkpoint: P
     assert len(list((out / "launches").glob("*/results/*.json"))) == 5
 
 
+def test_nscf_eval_runs_through_slurm(setup, shared: Path, tmp_path: Path) -> None:
+    """nscf-eval with a VASP set and --profile: the static and its ICHARG = 11 step run in SLURM allocations."""
+    setup["double"]()
+    poscar = tmp_path / "Si-static.vasp"
+    poscar.write_bytes(gzip.decompress((shared / SI / "GGA_Static" / "inputs" / "POSCAR.gz").read_bytes()))
+    out = tmp_path / "nscf"
+    args = ["nscf-eval", str(poscar), "--start", "oracle", "--inputset", "mp-static",
+            "--profile", str(setup["profile"](pack=1)), "--out", str(out)]
+    first = cli(*args)
+    assert len(first["launched"]) == 1 and first["materials"] == []  # nothing finished yet
+    status = wait_until_settled(out)
+    while status["counts"]["COMPLETED"] < 2:  # the step waits for the static; submit again as it unblocks
+        assert not status["failures"], status["failures"]
+        cli(*args)
+        status = wait_until_settled(out)
+    report = cli(*args)
+    [row] = report["materials"]
+    reads = [json.loads(line) for line in (setup["double-state"] / "reads.jsonl").read_text().splitlines()]
+    assert sorted(r["ICHARG"] for r in reads) == ["11", "2"]
+    assert next(r for r in reads if r["ICHARG"] == "11")["chgcar_is_reference"] is True
+    assert row["gap_indirect"] > 0.5 and row["gap_indirect_err_oracle"] == row["gap_direct_err_oracle"] == 0.0
+    assert "energy_err_oracle" not in row and report["summary"]["oracle"]["energy"]["not_available"]
+    assert report["settings"]["engine"] == "vasp" and report["problems"] == []
+    assert len(list((out / "launches").glob("*/results/*.json"))) == 2
+
+
 def submit(setup, **profile) -> dict:
     return cli("submit", str(setup["poscar"]), "-p", str(setup["project"]), "--profile",
                str(setup["profile"](**profile)), "--relax-set", "mp-relax", "--static-set", "mp-static")
