@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import re
 import shutil
 import socket
 import sqlite3
@@ -95,13 +96,28 @@ class _Handler(BaseHTTPRequestHandler):
     def _allowed(self, query: dict[str, list[str]]) -> bool:
         token = self.config.token
         if token is not None:
-            given = self.headers.get("X-Dftflow-Token") or query.get("token", [""])[0]
+            given = (self.headers.get("X-Dftflow-Token") or query.get("token", [""])[0]
+                     or self._cookie(self._cookie_name()))
             return hmac.compare_digest(given.encode(), token.encode())
         return is_loopback(_host_name(self.headers.get("Host") or ""))
 
+    def _cookie_name(self) -> str:
+        return f"dftflow_dashboard_{self.server.server_address[1]}"
+
+    def _cookie(self, name: str) -> str:
+        from http.cookies import CookieError, SimpleCookie
+
+        try:
+            jar = SimpleCookie(self.headers.get("Cookie") or "")
+        except CookieError:
+            return ""
+        return jar[name].value if name in jar else ""
+
     # -- responses ---------------------------------------------------------------------------------
-    def _headers(self, status: int, ctype: str, length: int | None) -> None:
+    def _headers(self, status: int, ctype: str, length: int | None, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Type", ctype)
         if length is not None:
             self.send_header("Content-Length", str(length))
@@ -111,8 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Referrer-Policy", "no-referrer")
         self.end_headers()
 
-    def _send(self, status: int, body: bytes, ctype: str) -> None:
-        self._headers(status, ctype, len(body))
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+        self._headers(status, ctype, len(body), extra)
         if self.command != "HEAD":
             self.wfile.write(body)
 
@@ -153,9 +169,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, "not found")
             return
         body = resources.files("dftflow.dashboard").joinpath("static", name).read_bytes()
+        extra = {}
         if name == "index.html":
             body = body.replace(b"__POLL_MS__", str(int(self.config.poll_ms)).encode())
-        self._send(HTTPStatus.OK, body, _STATIC[name])
+            if self.config.token:  # the page's own requests (script, style, images) then carry the token
+                extra["Set-Cookie"] = (f"{self._cookie_name()}={self.config.token}; Path=/; HttpOnly; "
+                                       "SameSite=Strict")
+        self._send(HTTPStatus.OK, body, _STATIC[name], extra)
 
     def _view(self, name: str, query: dict[str, list[str]]) -> None:
         view = self.routes.get(name)
@@ -195,11 +215,15 @@ def make_server(config: DashboardConfig) -> DashboardServer:
     root = config.project.resolve()
     if not root.is_dir():
         raise InputError(f"{config.project}: no such project directory")
+    if config.token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{8,}", config.token):
+        raise InputError("--token: use at least 8 letters, digits or . _ ~ - (it travels in URLs and a cookie)")
     if not is_loopback(config.host) and not config.token:
         raise InputError(f"--host {config.host}: serving beyond this machine needs --token "
                          "(every request must then carry it)")
     config = DashboardConfig(project=root, host=config.host, port=config.port, token=config.token or None,
                              poll_ms=config.poll_ms)
+    import dftflow.screening.stages  # noqa: F401 - pymatgen and co. load here, not during the first request
+
     handler = type("DashboardHandler", (_Handler,), {"config": config, "routes": _api(root)})
     host = config.host.strip("[]")
     cls = _Server6 if ":" in host else DashboardServer

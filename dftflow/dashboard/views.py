@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,35 @@ LOG_NAMES = ("error.txt", "gpaw.txt", "relax.log", "std_err.txt", "std_out.txt",
 #: Directories never searched for datasets, training runs and reports (large or not dftflow's output).
 _SKIP_DIRS = {"calcs", "shards", "figures", "__pycache__", ".git"}
 _MAX_POINTS = 2000
+
+
+_cache: dict[tuple[str, str], tuple[tuple, Any]] = {}
+_cache_lock = threading.Lock()
+
+
+def _signature(path: Path) -> tuple:
+    """Changes whenever ``path`` (a SQLite file with its WAL, or any file) is written."""
+    out: list[Any] = []
+    for p in (path, Path(f"{path}-wal")):
+        try:
+            st = p.stat()
+            out += [st.st_mtime_ns, st.st_size, st.st_ino]
+        except OSError:
+            out += [None]
+    return tuple(out)
+
+
+def _cached(kind: str, path: Path, compute: Callable[[], Any]) -> Any:
+    """``compute()``, reused until ``path`` changes (large catalogs and training logs are read once per change)."""
+    key, sig = (kind, str(path)), _signature(path)
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    value = compute()
+    with _cache_lock:
+        _cache[key] = (sig, value)
+    return value
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -62,11 +93,14 @@ def funnel(root: Path) -> dict[str, Any]:
     path = root / "catalog.sqlite"
     rows: list[dict[str, Any]] = []
     if path.exists():
-        catalog = Catalog.reader(path)
-        try:
-            rows = funnel_rows(catalog)
-        finally:
-            catalog.close()
+        def compute() -> list[dict[str, Any]]:
+            catalog = Catalog.reader(path)
+            try:
+                return funnel_rows(catalog)
+            finally:
+                catalog.close()
+
+        rows = _cached("funnel", path, compute)
     reasons: Counter[str] = Counter()
     for r in rows:
         for reason, n in r["reasons"]:
@@ -87,11 +121,14 @@ def candidates(root: Path, query: str = "", state: str = "", offset: int = 0, li
     path = root / "catalog.sqlite"
     if not path.exists():
         return {"total": 0, "matched": 0, "states": {}, "rows": [], "offset": 0}
-    catalog = Catalog.reader(path)
-    try:
-        entries = list_entries(catalog)
-    finally:
-        catalog.close()
+    def compute() -> list[dict[str, Any]]:
+        catalog = Catalog.reader(path)
+        try:
+            return list_entries(catalog)
+        finally:
+            catalog.close()
+
+    entries = _cached("candidates", path, compute)
     states = Counter(e["state"] for e in entries)
     q = query.strip().lower()
     hits = [e for e in entries if (not state or e["state"] == state)
@@ -166,7 +203,8 @@ def datasets(root: Path, max_rows: int = 500) -> list[dict[str, Any]]:
         grids = [json.loads(r[3]) for r in rows if r[3]]
         out.append({
             "path": _rel(root, folder) or ".", "materials": len(rows), "states": states,
-            "functionals": dict(Counter(r[4] for r in rows)), "engines": dict(Counter(r[5] for r in rows)),
+            "functionals": dict(Counter(r[4] or "unknown" for r in rows)),
+            "engines": dict(Counter(r[5] or "unknown" for r in rows)),
             "bytes": sum(r[6] or 0 for r in rows), "grid": _grid_summary(grids),
             "rows": [{"material_id": m, "formula": f, "nsites": n, "grid": json.loads(g) if g else None,
                       "functional": fu, "engine": e, "nbytes": b} for m, f, n, g, fu, e, b in rows[:max_rows]],
@@ -197,24 +235,33 @@ def training(root: Path) -> list[dict[str, Any]]:
     """Every training run in the project (a folder with ``log.csv``): loss and validation ε_mae per step."""
     out = []
     for folder in find(root, "log.csv"):
-        loss: list[list[float]] = []
-        val: list[list[float]] = []
-        with open(folder / "log.csv", newline="") as fh:
-            for row in csv.DictReader(fh):
-                step = _number(row.get("step", ""))
-                if step is None:
-                    continue  # a line being written
-                if (v := _number(row.get("loss", ""))) is not None:
-                    loss.append([step, v])
-                if (v := _number(row.get("val_eps_mae", ""))) is not None:
-                    val.append([step, v])
-        best = min(val, key=lambda p: p[1]) if val else None
-        out.append({"path": _rel(root, folder) or ".", "steps": int(loss[-1][0]) if loss else 0,
-                    "last_loss": loss[-1][1] if loss else None, "best_val": best,
-                    "loss": _thin(loss), "val": _thin(val),
+        curves = _cached("training", folder / "log.csv", lambda f=folder: _read_log(f / "log.csv"))
+        out.append({"path": _rel(root, folder) or ".", **curves,
                     "checkpoints": sorted(p.name for p in folder.glob("checkpoint*.pt")),
                     "figures": _pngs(root, folder)})
     return out
+
+
+def _read_log(path: Path) -> dict[str, Any]:
+    """Loss and validation curves of a trainer's ``log.csv`` (a line still being written is left out)."""
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        col = {name: i for i, name in enumerate(header)}
+        i_step, i_loss, i_val = col.get("step"), col.get("loss"), col.get("val_eps_mae")
+        loss: list[list[float]] = []
+        val: list[list[float]] = []
+        if i_step is not None:
+            for row in reader:
+                if len(row) != len(header) or (step := _number(row[i_step])) is None:
+                    continue
+                if i_loss is not None and (v := _number(row[i_loss])) is not None:
+                    loss.append([step, v])
+                if i_val is not None and row[i_val] and (v := _number(row[i_val])) is not None:
+                    val.append([step, v])
+    best = min(val, key=lambda p: p[1]) if val else None
+    return {"steps": int(loss[-1][0]) if loss else 0, "last_loss": loss[-1][1] if loss else None,
+            "best_val": best, "loss": _thin(loss), "val": _thin(val)}
 
 
 # -- accel-eval and nscf-eval reports ----------------------------------------------------------

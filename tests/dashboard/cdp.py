@@ -104,11 +104,11 @@ class Browser:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 30) -> Any:
-        """Poll ``expression`` in the page until it is truthy; its value."""
+        """Poll ``expression`` in the page until it is truthy (as JavaScript sees it); its value."""
         deadline = time.monotonic() + timeout
         while True:
             value = self.evaluate(expression)
-            if value:
+            if value is not None and value is not False and value != 0 and value != "":  # a node comes as {}
                 return value
             if time.monotonic() > deadline:
                 raise TimeoutError(f"waited {timeout} s for {expression}")

@@ -31,7 +31,7 @@ function el(tag, attrs, ...children) {
     else if (key === "style") node.style.cssText = value;  // CSSOM: allowed by the page's CSP, unlike style=""
     else node.setAttribute(key, value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -240,8 +240,8 @@ function chart(points, title, cls) {
   const px = (x) => L + (W - L - R) * (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0));
   const py = (y) => T + (H - T - B) * (1 - (y - y0) / (y1 - y0));
   const d = points.map((p, i) => (i ? "L" : "M") + px(p[0]).toFixed(1) + " " + py(ys[i]).toFixed(1)).join(" ");
-  node.append(svg("path", {class: "axis", d: "M" + L + " " + T + " V" + (H - B) + " H" + (W - R)}),
-              svg("path", {class: cls, d: d}));
+  node.append(svg("path", {class: "axis", fill: "none", d: "M" + L + " " + T + " V" + (H - B) + " H" + (W - R)}),
+              svg("path", {class: cls, fill: "none", d: d}));
   const label = (y) => fmt(log ? Math.pow(10, y) : y);
   node.append(svg("text", {x: 2, y: T + 8}, label(y1)), svg("text", {x: 2, y: H - B}, label(y0)),
               svg("text", {x: L, y: H - 8}, "step " + fmt(x0)), svg("text", {x: W - R - 70, y: H - 8}, "step " + fmt(x1)));
