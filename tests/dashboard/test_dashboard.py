@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -214,7 +215,7 @@ def _cells(browser: Browser, selector: str) -> list[list[str]]:
 
 
 def _screenshot(browser: Browser, tmp: Path, name: str, selector: str | None = None) -> Path:
-    """A PNG of the page or of one section; also into $DFTFLOW_DASHBOARD_SCREENSHOTS (docs/img) when set."""
+    """A PNG of the page or of one section; sections also into $DFTFLOW_DASHBOARD_SCREENSHOTS (docs/img) if set."""
     if selector is None:
         path = browser.screenshot(tmp / f"dashboard-{name}.png")
     else:
@@ -228,7 +229,7 @@ def _screenshot(browser: Browser, tmp: Path, name: str, selector: str | None = N
         path = tmp / f"dashboard-{name}.png"
         path.write_bytes(base64.b64decode(data))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
-    if os.environ.get("DFTFLOW_DASHBOARD_SCREENSHOTS"):
+    if os.environ.get("DFTFLOW_DASHBOARD_SCREENSHOTS") and selector is not None:
         out = Path(os.environ["DFTFLOW_DASHBOARD_SCREENSHOTS"])
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, out / path.name)
@@ -316,8 +317,8 @@ def test_every_section_shows_the_projects_numbers(project, dashboard, browser) -
         return imgs.length === 2 && imgs.every((i) => i.complete && i.naturalWidth > 100); })()""")
 
     _screenshot(browser, project["tmp"], "overview")
-    for name, selector in (("funnel", "#funnel"), ("jobs", "#jobs"), ("dataset", "#datasets"),
-                           ("training", "#training"), ("reports", "#reports")):
+    for name, selector in (("funnel", "#funnel"), ("jobs", "#jobs"), ("failures", "#failures"),
+                           ("dataset", "#datasets"), ("training", "#training"), ("reports", "#reports")):
         _screenshot(browser, project["tmp"], name, selector)
     after = _tree(root)
     # the dashboard wrote nothing: only the test's own queue (open, in WAL mode) may differ
@@ -408,3 +409,64 @@ def test_with_a_token_every_request_carries_it(project, browser) -> None:
             return imgs.length && imgs.every((i) => i.complete && i.naturalWidth > 100); })()""")
     finally:
         server.stop()
+
+
+def test_views_open_every_database_read_only(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every SQLite connection the views make is a ``mode=ro`` URI; a database without a writer is immutable."""
+    import sqlite3
+
+    from dftflow.dashboard import views
+
+    opened: list[str] = []
+    real = sqlite3.connect
+
+    def spy(database, *args, **kwargs):
+        opened.append(str(database) + (" [uri]" if kwargs.get("uri") else ""))
+        return real(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", spy)
+    monkeypatch.setattr(views, "_cache", {})
+    root = project["root"]
+    for view in (views.funnel, views.candidates, views.jobs, views.datasets, views.training, views.reports):
+        view(root)
+    names = {Path(o.split("?")[0].removeprefix("file:")).name for o in opened}
+    assert names == {"catalog.sqlite", "jobs.sqlite", "manifest.sqlite"}
+    assert all(o.startswith("file:") and "mode=ro" in o and o.endswith("[uri]") for o in opened), opened
+    # jobs.sqlite has a writer (the test's queue, WAL present): a plain read-only reader; the others none
+    assert all(("immutable=1" in o) == ("jobs.sqlite" not in o) for o in opened), opened
+
+
+def test_a_read_only_connection_cannot_write(tmp_path: Path) -> None:
+    import sqlite3
+
+    from dftflow import readonly
+
+    with sqlite3.connect(tmp_path / "a.sqlite") as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t(x)")
+        db.execute("INSERT INTO t VALUES(1)")
+    db.close()
+    assert not (tmp_path / "a.sqlite-wal").exists()
+    with readonly.reading(tmp_path / "a.sqlite") as ro:
+        assert ro.execute("SELECT x FROM t").fetchall() == [(1,)]
+        with pytest.raises(sqlite3.OperationalError):
+            ro.execute("INSERT INTO t VALUES(2)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sqlite"]  # nothing created beside it
+
+
+def test_the_jobs_view_answers_while_a_writer_holds_the_queue(project, dashboard) -> None:
+    """A build's open write transaction neither blocks the dashboard nor shows before it commits."""
+    import sqlite3
+
+    committed = project["jobs"].queue.counts()
+    writer = sqlite3.connect(project["root"] / "jobs.sqlite", isolation_level=None, timeout=5)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE jobs SET state='FAILED', error='uncommitted' WHERE state='READY'")
+        t = time.monotonic()
+        status, body = dashboard.get("/api/jobs")
+        assert status == 200 and time.monotonic() - t < 3
+        assert json.loads(body)["counts"] == committed
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

@@ -137,6 +137,11 @@ function setUpSearch() {
 }
 
 // -- DFT jobs and failures (polled) -------------------------------------------------------------
+function seconds(s) {
+  if (s === null || s === undefined) return "";
+  return s < 0.01 ? "< 0.01" : s.toFixed(s < 100 ? 2 : 0);
+}
+
 function when(t) {
   return t ? new Date(t * 1000).toLocaleTimeString("en-GB") : "";
 }
@@ -164,7 +169,7 @@ function renderJobs(data) {
       : el("p", {class: "muted", id: "jobs-running"}, "nothing running"),
     el("h3", {}, "Latest finished"),
     table([["uid", "structure"], ["job", "job"], [(r) => el("span", {class: "state-" + r.state}, r.state), "state"],
-           [(r) => when(r.finished), "finished"], ["seconds", "seconds", 1]], data.recent, {id: "jobs-recent"}));
+           [(r) => when(r.finished), "finished"], [(r) => seconds(r.seconds), "seconds", 1]], data.recent, {id: "jobs-recent"}));
 
   const logs = (r) => el("span", {}, r.logs.map((p) => [el("a", {href: fileUrl(p), class: "log"}, p.split("/").pop()), " "]));
   replace("failures-body",
