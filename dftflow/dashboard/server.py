@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
 import re
 import shutil
 import socket
@@ -187,6 +188,9 @@ class _Handler(BaseHTTPRequestHandler):
         except sqlite3.DatabaseError as exc:  # a database changing under an immutable read: the next poll reads it
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, f"database busy or changing ({exc}); try again")
             return
+        except (OSError, ValueError) as exc:  # a file removed or half-written by the build: reported, page goes on
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{name}: {type(exc).__name__}: {exc}")
+            return
         self._json(HTTPStatus.OK, data)
 
     def _file(self, url_path: str) -> None:
@@ -194,8 +198,13 @@ class _Handler(BaseHTTPRequestHandler):
         if target is None:
             self._error(HTTPStatus.NOT_FOUND, "no such file in the project")
             return
-        with open(target, "rb") as fh:
-            size = target.stat().st_size
+        try:  # the path was resolved: a link put in its place since then is not followed
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            self._error(HTTPStatus.NOT_FOUND, "no such file in the project")
+            return
+        with os.fdopen(fd, "rb") as fh:
+            size = os.fstat(fd).st_size
             self._headers(HTTPStatus.OK, files.content_type(target), size)
             if self.command != "HEAD":
                 shutil.copyfileobj(fh, self.wfile)

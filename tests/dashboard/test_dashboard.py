@@ -100,6 +100,21 @@ def _accel_report(root: Path) -> dict:
     return write_report(results, ("default", "ml", "oracle"), root / "accel", settings={"ecut": 300})
 
 
+def _nscf_report(root: Path) -> dict:
+    from dftflow.nscf.report import write_report
+
+    results = []
+    for uid, shift in (("demo:Si.cif", 0.002), ("demo:GaAs.cif", 0.03)):
+        base = {"uid": uid, "natoms": 2, "metal": False, "energy_per_atom": -5.4, "gap_direct": 2.5,
+                "gap_indirect": 0.6, "band_energy_per_atom": -1.2, "forces": [[0, 0, 0], [0, 0, 0]],
+                "n_iter": 12, "wall_s": 8.0}
+        results.append({**base, "start": "scf"})
+        results.append({**base, "start": "default", "energy_per_atom": -5.4 + shift, "gap_indirect": 0.6 + shift,
+                        "forces": [[shift, 0, 0], [-shift, 0, 0]], "n_iter": 1, "wall_s": 1.0})
+    (root / "nscf").mkdir()
+    return write_report(results, ("default",), root / "nscf", settings={"ecut": 300})
+
+
 class Jobs:
     """A jobs.sqlite made through dftflow's JobQueue: done, failed (with an error.txt), running, waiting."""
 
@@ -142,6 +157,7 @@ def project(shared: Path, tmp_path_factory: pytest.TempPathFactory):
     dataset = _harvest(root, shared, tmp)
     _train(root)
     report = _accel_report(root)
+    nscf = _nscf_report(root)
     jobs = Jobs(root)
     # links that lead out of the project: a file and a directory
     outside = tmp / "outside"
@@ -149,7 +165,8 @@ def project(shared: Path, tmp_path_factory: pytest.TempPathFactory):
     (outside / "secret.txt").write_text("not for the dashboard")
     os.symlink(outside / "secret.txt", root / "figures" / "escape.png")
     os.symlink(outside, root / "elsewhere")
-    yield {"root": root, "summary": summary, "dataset": dataset, "report": report, "jobs": jobs, "tmp": tmp}
+    yield {"root": root, "summary": summary, "dataset": dataset, "report": report, "nscf": nscf, "jobs": jobs,
+           "tmp": tmp}
     jobs.queue.close()
 
 
@@ -313,8 +330,20 @@ def test_every_section_shows_the_projects_numbers(project, dashboard, browser) -
                               "\".report[data-kind='accel-eval'] table.report-table th\")).map((t) => t.textContent)")
     ratio = rows[0][header.index("ratio_ml")]
     assert float(ratio) == pytest.approx(report["materials"][0]["ratio_ml"], rel=1e-3)
-    browser.wait_for("""(() => { const imgs = Array.from(document.querySelectorAll('.report img'));
+    browser.wait_for("""(() => {
+        const imgs = Array.from(document.querySelectorAll(".report[data-kind='accel-eval'] img"));
         return imgs.length === 2 && imgs.every((i) => i.complete && i.naturalWidth > 100); })()""")
+    # the nscf-eval report: its errors per material and its figure
+    nscf = project["nscf"]
+    rows = _cells(browser, ".report[data-kind='nscf-eval'] table.report-table")
+    header = browser.evaluate("Array.from(document.querySelectorAll("
+                              "\".report[data-kind='nscf-eval'] table.report-table th\")).map((t) => t.textContent)")
+    assert [r[0] for r in rows] == [m["uid"] for m in nscf["materials"]] == ["demo:GaAs.cif", "demo:Si.cif"]
+    err = rows[0][header.index("gap_indirect_err_default")]
+    assert float(err) == pytest.approx(nscf["materials"][0]["gap_indirect_err_default"], rel=1e-3)
+    browser.wait_for("""(() => {
+        const imgs = Array.from(document.querySelectorAll(".report[data-kind='nscf-eval'] img"));
+        return imgs.length === 1 && imgs[0].complete && imgs[0].naturalWidth > 100; })()""")
 
     _screenshot(browser, project["tmp"], "overview")
     for name, selector in (("funnel", "#funnel"), ("jobs", "#jobs"), ("failures", "#failures"),
