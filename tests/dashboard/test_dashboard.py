@@ -359,6 +359,7 @@ def test_a_job_finishing_during_a_build_appears_without_a_reload(project, dashbo
     browser.goto(dashboard.url)
     browser.wait_for("document.querySelector('#jobs-count-COMPLETED')")
     browser.evaluate("window.__sameDocument = 'yes'")  # gone if the page reloaded
+    browser.evaluate("window.__failures = document.querySelector('#failures-table')")
     done = int(browser.text("#jobs-count-COMPLETED"))
     assert browser.text("#jobs-count-RUNNING") == "1"
     updated = browser.text("#jobs-updated")
@@ -369,6 +370,8 @@ def test_a_job_finishing_during_a_build_appears_without_a_reload(project, dashbo
     for state, n in counts.items():
         assert browser.text(f"#jobs-count-{state}") == str(n), state
     assert browser.evaluate("window.__sameDocument") == "yes"
+    # the failures did not change, so their table was left as it was (a user scrolling it keeps the place)
+    assert browser.evaluate("document.querySelector('#failures-table') === window.__failures")
     assert browser.text("#jobs-updated") != updated
     assert "nothing running" in browser.text("#jobs-running")
     assert "demo:GaAs.cif" in browser.text("#jobs-recent")

@@ -68,7 +68,7 @@ function figures(paths) {
 
 function replace(id, ...children) {
   const node = document.getElementById(id);
-  node.replaceChildren(...children.flat());
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined));
   return node;
 }
 
@@ -146,13 +146,24 @@ function when(t) {
   return t ? new Date(t * 1000).toLocaleTimeString("en-GB") : "";
 }
 
+const shown = {jobs: null, failures: null};  // what is on the page: unchanged parts are not redrawn (keeps scrolling)
+
 function renderJobs(data) {
   document.getElementById("jobs-updated").textContent = when(data.at);
-  if (!data.exists) {
-    replace("jobs-body", el("p", {class: "muted"}, "no jobs.sqlite in this project yet (a build with a dft: stage makes it)"));
-    replace("failures-body", el("p", {class: "muted"}, "no DFT jobs"));
-    return;
+  const key = JSON.stringify([data.exists, data.counts, data.running, data.recent]);
+  if (key !== shown.jobs) {
+    shown.jobs = key;
+    replace("jobs-body", jobsView(data));
   }
+  const failuresKey = JSON.stringify([data.exists, data.failed_total, data.failure_reasons, data.failures]);
+  if (failuresKey !== shown.failures) {
+    shown.failures = failuresKey;
+    replace("failures-body", failuresView(data));
+  }
+}
+
+function jobsView(data) {
+  if (!data.exists) return [el("p", {class: "muted"}, "no jobs.sqlite in this project yet (a build with a dft: stage makes it)")];
   const total = data.total || 1;
   const bar = el("div", {class: "bar", title: "jobs by state"},
     STATES.filter((s) => data.counts[s]).map((s) =>
@@ -161,7 +172,7 @@ function renderJobs(data) {
     el("thead", {}, el("tr", {}, STATES.map((s) => el("th", {class: "num state-" + s}, s)), el("th", {class: "num"}, "total"))),
     el("tbody", {}, el("tr", {}, STATES.map((s) => el("td", {class: "num", id: "jobs-count-" + s}, fmt(data.counts[s]))),
                      el("td", {class: "num", id: "jobs-total"}, fmt(data.total)))));
-  replace("jobs-body", counts, bar,
+  return [counts, bar,
     el("h3", {}, "Running (" + data.running.length + ")"),
     data.running.length
       ? table([["uid", "structure"], ["job", "job"], ["worker", "worker"], ["host", "host"], ["attempts", "attempt", 1],
@@ -169,10 +180,13 @@ function renderJobs(data) {
       : el("p", {class: "muted", id: "jobs-running"}, "nothing running"),
     el("h3", {}, "Latest finished"),
     table([["uid", "structure"], ["job", "job"], [(r) => el("span", {class: "state-" + r.state}, r.state), "state"],
-           [(r) => when(r.finished), "finished"], [(r) => seconds(r.seconds), "seconds", 1]], data.recent, {id: "jobs-recent"}));
+           [(r) => when(r.finished), "finished"], [(r) => seconds(r.seconds), "seconds", 1]], data.recent, {id: "jobs-recent"})];
+}
 
+function failuresView(data) {
+  if (!data.exists) return [el("p", {class: "muted"}, "no DFT jobs")];
   const logs = (r) => el("span", {}, r.logs.map((p) => [el("a", {href: fileUrl(p), class: "log"}, p.split("/").pop()), " "]));
-  replace("failures-body",
+  return [
     el("p", {id: "failures-total"}, data.failed_total + " failed or lost" +
       (data.failed_total > data.failures.length ? " (the latest " + data.failures.length + " listed)" : "")),
     data.failure_reasons.length
@@ -181,7 +195,7 @@ function renderJobs(data) {
       ? el("div", {class: "scroll"}, table([["uid", "structure"], ["job", "job"],
           [(r) => el("span", {class: "state-" + r.state}, r.state), "state"], ["attempts", "attempts", 1],
           ["reason", "reason"], [logs, "logs"]], data.failures, {id: "failures-table"}))
-      : null);
+      : null];
 }
 
 async function pollJobs() {
