@@ -236,7 +236,11 @@ def make_server(config: DashboardConfig) -> DashboardServer:
     handler = type("DashboardHandler", (_Handler,), {"config": config, "routes": _api(root)})
     host = config.host.strip("[]")
     cls = _Server6 if ":" in host else DashboardServer
-    return cls((host, config.port), handler)
+    try:
+        return cls((host, config.port), handler)
+    except OSError as exc:
+        raise InputError(f"--host {config.host} --port {config.port}: cannot listen there ({exc.strerror}); "
+                         "try another --port (0: any free one)") from exc
 
 
 def serve_in_thread(config: DashboardConfig) -> tuple[DashboardServer, threading.Thread]:
