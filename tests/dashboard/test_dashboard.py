@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -184,12 +185,17 @@ class Dashboard:
     """``dftflow dashboard`` as a user starts it (a subprocess of the real CLI)."""
 
     def __init__(self, root: Path, *args: str) -> None:
+        self.stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server can never block on it
         self.proc = subprocess.Popen([sys.executable, "-m", "dftflow", "dashboard", "-p", str(root), "--port", "0",
-                                      *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      *args], stdout=subprocess.PIPE, stderr=self.stderr, text=True,
                                      env={**os.environ, "COLUMNS": "400"})
         line = self.proc.stdout.readline()
         match = re.search(r"(http://\S+)", line)
-        assert match, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
+        if not match:
+            self.proc.kill()
+            self.proc.wait()
+            self.stderr.seek(0)
+            raise AssertionError(f"no address printed: {line!r} {self.stderr.read().decode(errors='replace')}")
         self.url = match.group(1)
         parts = urlsplit(self.url)
         self.host, self.port = parts.hostname, parts.port
@@ -210,6 +216,8 @@ class Dashboard:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+        self.stderr.close()
 
 
 @pytest.fixture(scope="module")
