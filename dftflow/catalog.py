@@ -67,6 +67,19 @@ class Catalog:
             raise DftflowError(f"{self.path}: catalog schema {row[0]} is not {SCHEMA_VERSION}; "
                                "rebuild the project with this dftflow version")
 
+    @classmethod
+    def reader(cls, path: Path) -> Catalog:
+        """The catalog at ``path`` opened read-only (:mod:`dftflow.readonly`): queries only, no schema set-up.
+
+        For readers beside a running build (the dashboard); close it soon, it holds no lock in between.
+        """
+        from dftflow import readonly
+
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.db = readonly.connect(self.path)
+        return self
+
     def close(self) -> None:
         self.db.close()
 

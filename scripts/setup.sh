@@ -30,6 +30,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q -e ".[ml,test,vasp,atomate2]"
     touch "$stamp"
 fi
+# Headless Chromium drives the dashboard's browser tests (tests/dashboard): Debian's package.
+if ! command -v chromium >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q && apt-get install -y -q --no-install-recommends chromium fonts-liberation
+    else
+        echo "setup: chromium is missing; the dashboard tests need it (as root: apt-get install chromium)" >&2
+    fi
+fi
 # GPAW, the local DFT engine: compiled from source against Debian's libxc,
 # OpenBLAS and FFTW (skipped when already installed).
 PYTHON=.venv/bin/python ./scripts/install_gpaw.sh

@@ -10,7 +10,21 @@ import typer
 from rich.markup import escape
 
 from dftflow import __version__
-from dftflow.cli import accel, build, candidates, dataset, inputs, jobs, ml, models, nscf, profiles, recipes, submit
+from dftflow.cli import (
+    accel,
+    build,
+    candidates,
+    dashboard,
+    dataset,
+    inputs,
+    jobs,
+    ml,
+    models,
+    nscf,
+    profiles,
+    recipes,
+    submit,
+)
 from dftflow.cli.common import err_console
 from dftflow.errors import DftflowError
 
@@ -51,6 +65,7 @@ app.command("accel-eval")(accel.accel_eval)
 app.command("nscf-eval")(nscf.nscf_eval)
 app.command("status")(jobs.status)
 app.command("retry")(jobs.retry)
+app.command("dashboard")(dashboard.dashboard)
 app.command("harvest")(dataset.harvest)
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(candidates.app, name="candidates")
