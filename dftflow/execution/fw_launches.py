@@ -33,10 +33,13 @@ from typing import Any
 
 from dftflow.config.profile import ClusterProfile, stop_margin_s
 from dftflow.execution.fw_engine import project_key
+from dftflow.execution.launches import _stopped_before_walltime
 from dftflow.execution.slurm import ACTIVE_STATES, final_state, job_script, job_state_after, queue_states, sbatch
 
 ALLOCATIONS = "dftflow_allocations"
 _ROCKET_LOG = "rocket.json"
+STOPPED_KEY = "_dftflow_stopped"  # in a FIZZLED launch's stored_data: stopped cleanly before the walltime
+MAX_STOPS = 3
 
 
 class FwLauncher:
@@ -169,7 +172,21 @@ class FwLauncher:
         with warnings.catch_warnings():  # "Unable to find FW_ping.json": a rocket that has just started
             warnings.filterwarnings("ignore", message="Unable to find FW_ping.json")
             self.lp.recover_offline(launch_id, ignore_errors=False, print_errors=False)
+        if ((data.get("fwaction") or {}).get("stored_data") or {}).get(STOPPED_KEY):
+            self._requeue_stopped(run["fw_id"])
         return int("fwaction" in data)
+
+    def _requeue_stopped(self, fw_id: int) -> None:
+        """A firework stopped cleanly before the walltime runs again (its relaxation from the CONTCAR).
+
+        Its FIZZLED launch, with the reason, is archived by ``rerun_fw``; after ``MAX_STOPS`` stops
+        it stays FIZZLED for ``dftflow retry``.
+        """
+        fw = self.lp.fireworks.find_one({"fw_id": fw_id}, {"launches": 1, "archived_launches": 1, "state": 1})
+        if fw is None or fw["state"] != "FIZZLED":
+            return
+        if len(fw.get("launches") or []) + len(fw.get("archived_launches") or []) < MAX_STOPS:
+            self.lp.rerun_fw(fw_id)
 
     def _settle(self, alloc: dict[str, Any], end: str) -> None:
         """Fireworks the ended allocation still holds: the one that ran fizzles, the rest are READY again."""
@@ -242,11 +259,34 @@ def fw_rocket(launch_dir: Path) -> int:
             break
         # custodian's WalltimeHandler times its wall_time from CUSTODIAN_WALLTIME_START, set by the first one
         os.environ.pop("CUSTODIAN_WALLTIME_START", None)
+        started = time.time()
         os.chdir(workdir)
         try:
             launch_rocket(None, FWorker(name=spec.get("fworker", "dftflow")), strm_lvl="INFO")
         finally:
             os.chdir(cwd)
+        stopped = _stopped_before_walltime(workdir, started, float(end) if end else None)
+        if stopped is not None:
+            _record_stop(workdir, stopped)
+            (launch_dir / _ROCKET_LOG).write_text(json.dumps({"stopped": f"{rocket['name']} was stopped before "
+                                                                          "the walltime"}))
+            break
         done = json.loads((workdir / "FW_offline.json").read_text())
         fizzled += done.get("state") == "FIZZLED"
     return fizzled
+
+
+def _record_stop(workdir: Path, reason: str) -> None:
+    """What VASP wrote after a STOPCAR is an interrupted run, not a result: the launch fizzles with the reason.
+
+    Recovery sees ``STOPPED_KEY`` and puts the firework back to READY (``FwLauncher._requeue_stopped``).
+    """
+    from fireworks import FWAction
+
+    path = workdir / "FW_offline.json"
+    data = json.loads(path.read_text())
+    data["fwaction"] = FWAction(stored_data={"_message": reason, STOPPED_KEY: True}, exit=True).to_dict()
+    data["state"] = "FIZZLED"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)

@@ -126,7 +126,9 @@ def open_launchpad(settings: FireworksSettings, root: Path) -> Iterator[Any]:
         return
     from fireworks import LaunchPad
 
-    spec = settings.launchpad
+    spec = os.path.expandvars(settings.launchpad)  # ${DFTFLOW_DB_PASSWORD} and the like
+    if "${" in spec:
+        raise ConfigError(f"fireworks.launchpad {settings.launchpad}: unset environment variable")
     if spec.startswith(("mongodb://", "mongodb+srv://")):
         lp = LaunchPad(host=spec, uri_mode=True, name=_database(spec, settings.database), strm_lvl="ERROR")
     else:

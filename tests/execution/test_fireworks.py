@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,11 +19,15 @@ import yaml
 from typer.testing import CliRunner
 
 from dftflow.cli.app import app
-from dftflow.config.profile import FireworksSettings, load_profile
+from dftflow.config.profile import ClusterProfile, FireworksSettings, SlurmSettings, load_profile
 from dftflow.errors import ConfigError
+from dftflow.execution import fw_engine, fw_project
+from dftflow.execution.fw_launches import FwLauncher, fw_rocket
 from dftflow.execution.fw_launchpad import open_launchpad
 from tests import slurm_cluster
 from tests.conftest import DOUBLE
+from tests.helpers_jobs import record
+from tests.helpers_rocket import vasp_like
 
 SI = "fixtures/vasp/Si_mp_gga_relax"
 FLOW = ["--relax-set", "mp-relax", "--static-set", "mp-static"]
@@ -69,6 +74,13 @@ def test_profile_needs_a_fireworks_section_and_slurm(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="scheduler: slurm"):
         load_profile(path)
     assert load_profile(write_profile(path)).fireworks.launchpad == "mongomock:launchpad.json"
+
+
+def test_profiles_check_shows_the_offline_rocket_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DFTFLOW_DB_PASSWORD", raising=False)
+    out = cli("profiles", "check", "slurm-fireworks")
+    assert "-m dftflow fw-rocket" in out["script"]
+    assert out["warnings"] == ["fireworks.launchpad uses unset environment variable(s): DFTFLOW_DB_PASSWORD"]
 
 
 def test_duplicate_submit_adds_nothing_and_dry_run_reserves_nothing(shared: Path, tmp_path: Path) -> None:
@@ -126,6 +138,90 @@ def test_a_failed_opening_writes_nothing(tmp_path: Path) -> None:
     assert (tmp_path / "launchpad.json").read_text() == before
     with open_launchpad(settings, tmp_path) as lp:
         assert [d["_id"] for d in lp.db["dftflow_workflows"].find()] == ["kept"]
+
+
+# -- offline rockets and recovery with SLURM's commands faked -----------------------------------
+
+
+@pytest.fixture()
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch answers 4242; squeue and sacct print $FAKE_SQUEUE / $FAKE_SACCT (SLURM's own output)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", "echo 4242"), ("squeue", 'printf "%s" "$FAKE_SQUEUE"'),
+                       ("sacct", 'printf "%s" "$FAKE_SACCT"'), ("scontrol", "exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUSTODIAN_WALLTIME_START", raising=False)
+    monkeypatch.setenv("DFTFLOW_VASP_COMMANDS", "{}")
+
+
+def one_allocation(project: Path, jobs: list) -> tuple[ClusterProfile, dict]:
+    """One single-job workflow per job, all reserved into one allocation (pack = len(jobs))."""
+    from jobflow import Flow
+
+    profile = ClusterProfile(name="fake", scheduler="slurm", engine="fireworks", pack=len(jobs),
+                             fireworks=FireworksSettings(launchpad="mongomock:launchpad.json"),
+                             slurm=SlurmSettings(walltime="00:10:00"))
+    with open_launchpad(profile.fireworks, project) as lp:
+        assert fw_engine.add_workflows(lp, project, [(f"f{i}", lambda j=j: Flow([j])) for i, j in enumerate(jobs)]) \
+            == len(jobs)
+        [launch] = FwLauncher(lp, project, profile).launch()
+    assert launch["slurm_id"] == "4242" and launch["jobs"] == len(jobs)
+    return profile, launch
+
+
+def test_an_allocation_that_timed_out_fizzles_its_running_job_and_frees_the_rest(tmp_path, fake_slurm,
+                                                                                 monkeypatch) -> None:
+    project = tmp_path / "project"
+    profile, launch = one_allocation(project, [record(str(tmp_path / "m"), 1), record(str(tmp_path / "m"), 2)])
+    first, second = json.loads((Path(launch["dir"]) / "launch.json").read_text())["rockets"]
+    offline = Path(first["dir"]) / "FW_offline.json"  # the first rocket had started when SLURM ended it
+    offline.write_text(json.dumps({**json.loads(offline.read_text()), "started_on": "2026-01-01T00:00:00+00:00"}))
+    monkeypatch.setenv("FAKE_SQUEUE", "4242 RUNNING\n")
+    status = fw_project.status(project, profile)
+    assert {r["uid"]: r["state"] for r in status["jobs"]} == {"f0": "RUNNING", "f1": "RESERVED"}
+    monkeypatch.setenv("FAKE_SQUEUE", "")  # gone from squeue; sacct says how it ended
+    monkeypatch.setenv("FAKE_SACCT", "TIMEOUT\n")
+    status = fw_project.status(project, profile)
+    jobs = {r["uid"]: r for r in status["jobs"]}
+    assert jobs["f0"]["state"] == "FIZZLED"
+    assert jobs["f0"]["error"] == "SLURM job 4242 reached its time limit (TIMEOUT) while this job ran"
+    assert jobs["f1"]["state"] == "READY"  # never started: reservation cancelled
+    assert [x["slurm_state"] for x in status["launches"]] == ["TIMEOUT"]
+    again = fw_project.retry(project, profile)
+    assert again["requeued"] == 1 and len(again["launched"]) == 1 and again["launched"][0]["jobs"] == 2
+
+
+def test_a_job_stopped_before_the_walltime_goes_back_to_ready_and_nothing_starts_after_it(
+        tmp_path, fake_slurm, monkeypatch) -> None:
+    monkeypatch.setenv("DFTFLOW_JOB_END", str(time.time() + 3600))
+    monkeypatch.setenv("DFTFLOW_STOP_MARGIN", "60")
+    project = tmp_path / "project"
+    profile, launch = one_allocation(project, [vasp_like("LSTOP = .TRUE."), vasp_like()])
+    assert fw_rocket(Path(launch["dir"])) == 0  # FireWorks' offline rocket, in-process; a clean stop is no fizzle
+    assert "was stopped before the walltime" in (Path(launch["dir"]) / "rocket.json").read_text()
+    monkeypatch.setenv("FAKE_SQUEUE", "")
+    monkeypatch.setenv("FAKE_SACCT", "COMPLETED\n")
+    status = fw_project.status(project, profile)
+    assert {r["uid"]: r["state"] for r in status["jobs"]} == {"f0": "READY", "f1": "READY"}
+    with open_launchpad(profile.fireworks, project) as lp:
+        [stopped] = [fw_engine.fizzle_reason(x) for x in lp.launches.find({"state": "FIZZLED"})]
+    assert stopped.startswith("stopped cleanly: STOPCAR (LSTOP = .TRUE.)")
+
+
+def test_the_offline_rocket_runs_fireworks_own_rocket_and_recovery_completes_it(tmp_path, fake_slurm,
+                                                                               monkeypatch) -> None:
+    project = tmp_path / "project"
+    profile, launch = one_allocation(project, [record(str(tmp_path / "m"), 7)])
+    assert fw_rocket(Path(launch["dir"])) == 0
+    [rocket] = json.loads((Path(launch["dir"]) / "launch.json").read_text())["rockets"]
+    assert json.loads((Path(rocket["dir"]) / "FW_offline.json").read_text())["state"] == "COMPLETED"
+    monkeypatch.setenv("FAKE_SACCT", "COMPLETED\n")
+    [row] = fw_project.status(project, profile)["jobs"]
+    assert row["state"] == "COMPLETED" and row["output"] == {"value": 7, "pid": os.getpid()}
+    assert (tmp_path / "m").read_text().split()[2] == Path(rocket["dir"]).name  # ran in its job directory
 
 
 # -- through SLURM -------------------------------------------------------------------------------
