@@ -2,7 +2,7 @@
 
 Each flow is converted by jobflow's bridge (``flow_to_workflow``); its jobs write
 their output documents to a maggma ``JSONStore`` of the workflow,
-``<project>/outputs/<uid>.json`` (densities stay in the job directories, the
+``<project>/outputs/<uid>.json`` (:mod:`dftflow.execution.fw_store`; densities stay in the job directories, the
 documents hold their paths). A workflow's jobs run one after the other (relax →
 static → HSE), so that file has one writer at a time.
 
@@ -49,11 +49,14 @@ def outputs_file(root: Path, uid: str) -> Path:
 
 def _job_store(root: Path, uid: str) -> Any:
     from jobflow import JobStore
-    from maggma.stores import JSONStore
+
+    from dftflow.execution.fw_store import AtomicJSONStore
 
     path = outputs_file(root, uid)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JobStore(JSONStore(str(path), read_only=False))
+    return JobStore(AtomicJSONStore(str(path), read_only=False))
+
+
 
 
 def to_workflow(flow: Any, root: Path, uid: str) -> Any:

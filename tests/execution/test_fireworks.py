@@ -222,6 +222,9 @@ def test_the_offline_rocket_runs_fireworks_own_rocket_and_recovery_completes_it(
     [row] = fw_project.status(project, profile)["jobs"]
     assert row["state"] == "COMPLETED" and row["output"] == {"value": 7, "pid": os.getpid()}
     assert (tmp_path / "m").read_text().split()[2] == Path(rocket["dir"]).name  # ran in its job directory
+    # its output document went to the workflow's JSON file, written by rename (no temporary left)
+    assert "dftflow.execution.fw_store" in (Path(rocket["dir"]) / "FW.json").read_text()
+    assert [p.name for p in (project / "outputs").iterdir()] == ["f0.json"]
 
 
 # -- through SLURM -------------------------------------------------------------------------------
