@@ -34,7 +34,15 @@ from typing import Any
 from dftflow.config.profile import ClusterProfile, stop_margin_s
 from dftflow.execution.fw_engine import project_key
 from dftflow.execution.launches import _stopped_before_walltime
-from dftflow.execution.slurm import ACTIVE_STATES, final_state, job_script, job_state_after, queue_states, sbatch
+from dftflow.execution.slurm import (
+    ACTIVE_STATES,
+    SlurmError,
+    final_state,
+    job_script,
+    job_state_after,
+    queue_states,
+    sbatch,
+)
 
 ALLOCATIONS = "dftflow_allocations"
 _ROCKET_LOG = "rocket.json"
@@ -67,9 +75,16 @@ class FwLauncher:
         """Reserve READY fireworks and submit allocations for them, at most ``max_queued`` active at once."""
         assert self.profile.slurm is not None
         room = self.profile.slurm.max_queued - len(self.active())
-        made = []
+        made: list[dict[str, Any]] = []
         while room > 0:
-            launch = self._launch(dry_run=dry_run)
+            try:
+                launch = self._launch(dry_run=dry_run)
+            except SlurmError:
+                if not made:
+                    raise
+                # keep what was submitted: an exception would discard the whole opening (mongomock), and
+                # with it the reservations of allocations that SLURM already has
+                break
             if launch is None:
                 break
             made.append(launch)

@@ -172,6 +172,25 @@ def one_allocation(project: Path, jobs: list) -> tuple[ClusterProfile, dict]:
     return profile, launch
 
 
+def test_a_failing_sbatch_keeps_the_allocations_already_submitted(tmp_path, fake_slurm) -> None:
+    """sbatch accepts one allocation, then refuses (a QOS limit): the first stays recorded and reserved."""
+    from jobflow import Flow
+
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\nif [ -f {tmp_path}/once ]; then echo 'sbatch: error: QOSMaxSubmitJobPerUserLimit'"
+                      f" >&2; exit 1; fi\ntouch {tmp_path}/once\necho 4242\n")
+    project = tmp_path / "project"
+    profile = ClusterProfile(name="fake", scheduler="slurm", engine="fireworks", pack=1,
+                             fireworks=FireworksSettings(launchpad="mongomock:launchpad.json"),
+                             slurm=SlurmSettings(walltime="00:10:00"))
+    jobs = [record(str(tmp_path / "m"), i) for i in range(2)]
+    out = fw_project.submit(project, profile, [(f"f{i}", lambda j=j: Flow([j])) for i, j in enumerate(jobs)])
+    assert out["workflows_added"] == 2 and [x["slurm_id"] for x in out["launched"]] == ["4242"]
+    status = fw_project.status(project, profile, env={**os.environ, "FAKE_SQUEUE": "4242 PENDING\n"})
+    assert sorted(r["state"] for r in status["jobs"]) == ["READY", "RESERVED"]
+    assert [x["slurm_id"] for x in status["launches"]] == ["4242"]
+
+
 def test_an_allocation_that_timed_out_fizzles_its_running_job_and_frees_the_rest(tmp_path, fake_slurm,
                                                                                  monkeypatch) -> None:
     project = tmp_path / "project"
