@@ -150,10 +150,14 @@ def _documents(root: Path, uid: str, cache: dict[str, dict[str, Any]]) -> dict[s
 def rows(lp: Any, root: Path) -> list[dict[str, Any]]:
     """Per firework of the project: the same row as the embedded engine's ``results``, with FireWorks' state."""
     cache: dict[str, dict[str, Any]] = {}
+    fireworks = _project_fireworks(lp, root)
+    last = [fw["launches"][-1] for fw in fireworks if fw.get("launches")]
+    launches = {d["launch_id"]: d for d in lp.launches.find(
+        {"launch_id": {"$in": last}}, {"launch_id": 1, "action": 1, "runtime_secs": 1})} if last else {}
     out = []
-    for fw in _project_fireworks(lp, root):
+    for fw in fireworks:
         tag = fw["spec"]["_dftflow"]
-        launch = lp.launches.find_one({"launch_id": fw["launches"][-1]}) if fw.get("launches") else None
+        launch = launches.get(fw["launches"][-1]) if fw.get("launches") else None
         doc = _documents(root, tag["uid"], cache).get(tag["job_uuid"]) if fw["state"] == "COMPLETED" else None
         seconds = launch.get("runtime_secs") if launch else None
         error = fizzle_reason(launch) if fw["state"] == "FIZZLED" else None

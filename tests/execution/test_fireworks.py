@@ -127,6 +127,23 @@ def test_concurrent_submits_add_each_workflow_once(shared: Path, tmp_path: Path)
     assert sorted(f["spec"]["_dftflow"]["uid"] for f in fws) == sorted([f"Si{i}" for i in range(6)] * 2)
 
 
+def test_a_claim_left_by_a_dead_submit_is_taken_over_once_stale(tmp_path: Path) -> None:
+    from jobflow import Flow
+
+    settings = FireworksSettings(launchpad="mongomock:launchpad.json")
+    key = fw_engine.project_key(tmp_path)
+    items = [("a", lambda: Flow([record(str(tmp_path / "m"), 1)]))]
+    with open_launchpad(settings, tmp_path) as lp:
+        claims = lp.db[fw_engine.CLAIMS]
+        claims.insert_one({"_id": f"{key}|a", "project": key, "uid": "a", "state": "adding", "time": time.time()})
+        assert fw_engine.add_workflows(lp, tmp_path, items) == 0  # another submit may be inserting it now
+        claims.update_one({"_id": f"{key}|a"}, {"$set": {"time": time.time() - fw_engine.STALE_CLAIM_S - 1}})
+        assert fw_engine.add_workflows(lp, tmp_path, items) == 1  # that submit died: its claim is taken over
+        assert fw_engine.add_workflows(lp, tmp_path, items) == 0
+        assert claims.find_one({"_id": f"{key}|a"})["state"] == "added"
+        assert lp.workflows.count_documents({"metadata.dftflow_key": f"{key}|a"}) == 1
+
+
 def test_a_failed_opening_writes_nothing(tmp_path: Path) -> None:
     settings = FireworksSettings(launchpad="mongomock:launchpad.json")
     with open_launchpad(settings, tmp_path) as lp:
