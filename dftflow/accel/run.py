@@ -151,6 +151,9 @@ def _submit(root: Path, profile: str, *, dry_run: bool) -> list[dict[str, Any]]:
     prof = load_profile(profile)
     if prof.scheduler != "slurm" or prof.store.type != "file":
         raise InputError(f"profile {prof.name}: accel-eval with VASP needs a slurm profile with store.type file")
+    if prof.engine != "embedded":
+        raise InputError(f"profile {prof.name}: accel-eval runs its arms on the embedded engine, not on "
+                         f"engine: {prof.engine} (docs/execution.md)")
     (root / "submit.json").write_text(json.dumps({"profile": str(profile), "accel_eval": True}))
     launcher = Launcher(root, prof)
     try:

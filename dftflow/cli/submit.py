@@ -70,6 +70,11 @@ def submit(
             items.append((uid, unpack(json.loads(catalog.get(uid)["data"]))))
     settings = {"profile": str(profile), "engine": prof.engine, "relax_set": relax_set, "static_set": static_set,
                 "hse_set": hse_set if hse else None}
+    previous = json.loads((root / "submit.json").read_text()) if (root / "submit.json").exists() else None
+    if previous is not None and previous.get("engine", "embedded") != prof.engine:
+        raise InputError(f"{project}: its workflows are on the {previous.get('engine', 'embedded')} engine "
+                         f"(profile {previous['profile']}); profile {prof.name} uses engine {prof.engine}: "
+                         "submit to a new project")
     if prof.engine == "fireworks":
         from dftflow.execution import fw_project
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from dftflow.cli.app import app
 from dftflow.config.profile import ClusterProfile, FireworksSettings, SlurmSettings, load_profile
-from dftflow.errors import ConfigError
+from dftflow.errors import ConfigError, InputError
 from dftflow.execution import fw_engine, fw_project
 from dftflow.execution.fw_launches import FwLauncher, fw_rocket
 from dftflow.execution.fw_launchpad import open_launchpad
@@ -104,6 +104,12 @@ def test_duplicate_submit_adds_nothing_and_dry_run_reserves_nothing(shared: Path
     assert {f["spec"]["_dftflow"]["uid"] for f in fws} == {"Si"}
     status = cli("status", "-p", str(project))
     assert status["engine"] == "fireworks" and status["counts"]["READY"] == 1 and status["counts"]["WAITING"] == 1
+    # the project's workflows are on the LaunchPad: an embedded-engine profile is refused, not mixed in
+    embedded = tmp_path / "embedded.yaml"
+    embedded.write_text(yaml.safe_dump({**yaml.safe_load(profile.read_text()), "engine": "embedded"}))
+    res = CliRunner().invoke(app, ["submit", str(poscar), "-p", str(project), "--profile", str(embedded), *FLOW])
+    assert isinstance(res.exception, InputError) and "on the fireworks engine" in str(res.exception)
+    assert not (project / "jobs.sqlite").exists()
 
 
 def test_concurrent_submits_add_each_workflow_once(shared: Path, tmp_path: Path) -> None:
