@@ -363,3 +363,11 @@ def test_a_fizzled_job_shows_its_reason_and_retry_reruns_it(on_slurm, shared: Pa
     assert status["counts"]["COMPLETED"] == 2 and status["failures"] == [], status
     static = next(j for j in status["jobs"] if j["job"] == "static")
     assert static["attempts"] == 2 and static["energy"] is not None
+
+
+def test_accel_eval_refuses_the_fireworks_engine(tmp_path: Path) -> None:
+    from dftflow.accel.run import _submit
+
+    with pytest.raises(InputError, match="embedded engine"):
+        _submit(tmp_path, str(write_profile(tmp_path / "profile.yaml")), dry_run=True)
+    assert not (tmp_path / "submit.json").exists()
