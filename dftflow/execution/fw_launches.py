@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid as uuidlib
 import warnings
@@ -275,10 +276,15 @@ def fw_rocket(launch_dir: Path) -> int:
         # custodian's WalltimeHandler times its wall_time from CUSTODIAN_WALLTIME_START, set by the first one
         os.environ.pop("CUSTODIAN_WALLTIME_START", None)
         started = time.time()
+        threads = set(threading.enumerate())
         os.chdir(workdir)
         try:
             launch_rocket(None, FWorker(name=spec.get("fworker", "dftflow")), strm_lvl="INFO")
         finally:
+            # the rocket's ping thread writes FW_ping.json into the working directory once more after it
+            # is told to stop: let it, here, before leaving the job directory
+            for thread in set(threading.enumerate()) - threads:
+                thread.join(timeout=30)
             os.chdir(cwd)
         stopped = _stopped_before_walltime(workdir, started, float(end) if end else None)
         if stopped is not None:

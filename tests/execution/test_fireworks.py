@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -257,8 +258,23 @@ def test_the_offline_rocket_runs_fireworks_own_rocket_and_recovery_completes_it(
                                                                                monkeypatch) -> None:
     project = tmp_path / "project"
     profile, launch = one_allocation(project, [record(str(tmp_path / "m"), 7)])
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    import fireworks.core.rocket as fw_rocket_module
+
+    ping = fw_rocket_module.do_ping
+
+    def slow_ping(*args):  # the ping thread's last write comes late, as it can on a busy node
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(1.0)
+        ping(*args)
+
+    monkeypatch.setattr(fw_rocket_module, "do_ping", slow_ping)
     assert fw_rocket(Path(launch["dir"])) == 0
     [rocket] = json.loads((Path(launch["dir"]) / "launch.json").read_text())["rockets"]
+    # FireWorks' ping thread writes once more when stopped: into the job directory, not where the rocket started
+    time.sleep(1.5)
+    assert (Path(rocket["dir"]) / "FW_ping.json").exists() and list((tmp_path / "cwd").iterdir()) == []
     assert json.loads((Path(rocket["dir"]) / "FW_offline.json").read_text())["state"] == "COMPLETED"
     monkeypatch.setenv("FAKE_SACCT", "COMPLETED\n")
     [row] = fw_project.status(project, profile)["jobs"]
