@@ -154,6 +154,9 @@ def submit_allocations(root: Path, profile: str, *, dry_run: bool, what: str) ->
     if prof.scheduler != "slurm" or prof.store.type != "file":
         raise InputError(f"profile {prof.name}: {what.replace('_', '-')} with VASP needs a slurm profile with "
                          "store.type file")
+    if prof.engine != "embedded":
+        raise InputError(f"profile {prof.name}: {what.replace('_', '-')} runs its jobs on the embedded engine, not "
+                         f"on engine: {prof.engine} (docs/execution.md)")
     (root / "submit.json").write_text(json.dumps({"profile": str(profile), what: True}))
     launcher = Launcher(root, prof)
     try:

@@ -58,6 +58,7 @@ def _root(
 app.command("build-dataset")(build.build_dataset)
 app.command("submit")(submit.submit)
 app.command("rocket", hidden=True)(submit.rocket)
+app.command("fw-rocket", hidden=True)(submit.fw_rocket)
 app.command("train")(ml.train)
 app.command("predict")(ml.predict)
 app.command("evaluate")(ml.evaluate)

@@ -29,6 +29,16 @@ def status(project: ProjectArg = Path("demo-project"), json_: JsonOpt = False) -
     from dftflow.execution.dft_stage import results
     from dftflow.execution.queue import JobQueue
 
+    fireworks = _fireworks_profile(project)
+    if fireworks is not None:
+        from dftflow.execution import fw_project
+
+        out = fw_project.status(project.resolve(), fireworks)
+        if json_:
+            print_json(out)
+        else:
+            _print_status(project, out["counts"], out["failures"], out["launches"])
+        return
     path = _queue_path(project)
     launches = _recover(project)
     queue = JobQueue(path)
@@ -40,6 +50,10 @@ def status(project: ProjectArg = Path("demo-project"), json_: JsonOpt = False) -
     if json_:
         print_json({"counts": counts, "failures": failures, "jobs": rows, "launches": launches})
         return
+    _print_status(project, counts, failures, launches)
+
+
+def _print_status(project: Path, counts: dict, failures: list[dict], launches: list[dict]) -> None:
     table = Table(*counts.keys(), title=f"DFT jobs in {project}")
     table.add_row(*(str(v) for v in counts.values()))
     console.print(table)
@@ -61,6 +75,16 @@ def _submit_settings(project: Path) -> dict | None:
 
     path = project.resolve() / "submit.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fireworks_profile(project: Path):
+    """The cluster profile of a project submitted with ``engine: fireworks``, else None."""
+    settings = _submit_settings(project)
+    if settings is None or settings.get("engine") != "fireworks":
+        return None
+    from dftflow.config.profile import load_profile
+
+    return load_profile(settings["profile"])
 
 
 def _recover(project: Path) -> list[dict]:
@@ -85,6 +109,17 @@ def retry(project: ProjectArg = Path("demo-project"), workers: WorkersOpt = None
     On a SLURM project the jobs are requeued and new allocations submitted; a
     relaxation continues from the CONTCAR its interrupted attempt left.
     """
+    fireworks = _fireworks_profile(project)
+    if fireworks is not None:
+        from dftflow.execution import fw_project
+
+        out = fw_project.retry(project.resolve(), fireworks)
+        if json_:
+            print_json(out)
+            return
+        console.print(f"requeued {out['requeued']} fizzled firework(s); submitted {len(out['launched'])} "
+                      "allocation(s)")
+        return
     settings = _submit_settings(project)
     if settings is not None:
         from dftflow.config.profile import load_profile

@@ -62,14 +62,18 @@ def check_profile(
     problems = []
     if prof.scheduler == "slurm" and "vasp_std" not in prof.commands:
         problems.append("commands.vasp_std is missing: VASP jobs would not know how to start VASP")
-    if prof.store.type == "mongodb" and prof.store.uri and "${" in prof.store.uri:
-        import os
-        import re
+    uris = {"store.uri": prof.store.uri if prof.store.type == "mongodb" else None,
+            "fireworks.launchpad": prof.fireworks.launchpad if prof.engine == "fireworks" and prof.fireworks else None}
+    for key, uri in uris.items():
+        if uri and "${" in uri:
+            import os
+            import re
 
-        missing = [v for v in re.findall(r"\$\{(\w+)\}", prof.store.uri) if v not in os.environ]
-        if missing:
-            problems.append(f"store.uri uses unset environment variable(s): {', '.join(missing)}")
-    script = job_script(prof, Path(launch_dir)) if prof.scheduler == "slurm" else None
+            missing = [v for v in re.findall(r"\$\{(\w+)\}", uri) if v not in os.environ]
+            if missing:
+                problems.append(f"{key} uses unset environment variable(s): {', '.join(missing)}")
+    command = "fw-rocket" if prof.engine == "fireworks" else "rocket"
+    script = job_script(prof, Path(launch_dir), command=command) if prof.scheduler == "slurm" else None
     if json_:
         print_json({"profile": prof.name, "valid": True, "warnings": problems, "script": script})
         return

@@ -54,9 +54,10 @@ def submit(
     prof = load_profile(profile)
     if prof.scheduler != "slurm":
         raise InputError(f"profile {prof.name}: scheduler is {prof.scheduler}; submit needs a slurm profile")
-    if prof.store.type != "file":
-        raise InputError(f"profile {prof.name}: store.type {prof.store.type} is not supported yet by submit "
-                         "(use store.type: file; see docs/execution.md)")
+    if prof.engine == "embedded" and prof.store.type != "file":
+        raise InputError(f"profile {prof.name}: store.type {prof.store.type} is not supported by the embedded "
+                         "engine (use store.type: file, or engine: fireworks with a MongoDB LaunchPad; "
+                         "see docs/execution.md)")
     root = project.resolve()
     root.mkdir(parents=True, exist_ok=True)
     items = _structures(list(structures or []))
@@ -67,6 +68,25 @@ def submit(
         catalog = Catalog(root / "catalog.sqlite")
         for (uid,) in catalog.db.execute("SELECT uid FROM outcomes WHERE filter='dedup' AND status='pass'"):
             items.append((uid, unpack(json.loads(catalog.get(uid)["data"]))))
+    settings = {"profile": str(profile), "engine": prof.engine, "relax_set": relax_set, "static_set": static_set,
+                "hse_set": hse_set if hse else None}
+    previous = json.loads((root / "submit.json").read_text()) if (root / "submit.json").exists() else None
+    if previous is not None and previous.get("engine", "embedded") != prof.engine:
+        raise InputError(f"{project}: its workflows are on the {previous.get('engine', 'embedded')} engine "
+                         f"(profile {previous['profile']}); profile {prof.name} uses engine {prof.engine}: "
+                         "submit to a new project")
+    if prof.engine == "fireworks":
+        from dftflow.execution import fw_project
+
+        (root / "submit.json").write_text(json.dumps(settings))
+
+        def builder(uid: str, structure: object):
+            return lambda: vasp_flow(structure, uid, relax_set=relax_set, static_set=static_set,
+                                     hse_set=hse_set if hse else None)
+
+        summary = fw_project.submit(root, prof, [(uid, builder(uid, s)) for uid, s in items], dry_run=dry_run)
+        _print_summary(summary, dry_run, json_)
+        return
     queue = JobQueue(root / "jobs.sqlite")
     try:
         new = [(uid, flow_jobs(vasp_flow(structure, uid, relax_set=relax_set, static_set=static_set,
@@ -75,23 +95,26 @@ def submit(
         added = queue.add_flows(new)  # one transaction; a flow another submit queued meanwhile is skipped
     finally:
         queue.close()
-    (root / "submit.json").write_text(json.dumps({"profile": str(profile), "relax_set": relax_set,
-                                                  "static_set": static_set, "hse_set": hse_set if hse else None}))
+    (root / "submit.json").write_text(json.dumps(settings))
     launcher = Launcher(root, prof)
     try:
         recovered = launcher.recover()
         launched = launcher.launch(dry_run=dry_run)
     finally:
         launcher.close()
-    summary = {"workflows_added": added, "launched": launched, "recovered": recovered}
+    _print_summary({"workflows_added": added, "launched": launched, "recovered": recovered}, dry_run, json_)
+
+
+def _print_summary(summary: dict, dry_run: bool, json_: bool) -> None:
     if json_:
         print_json(summary)
         return
-    console.print(f"queued {added} new workflow(s); submitted {len(launched)} allocation(s)"
+    launched = summary["launched"]
+    console.print(f"queued {summary['workflows_added']} new workflow(s); submitted {len(launched)} allocation(s)"
                   + (" (dry run: scripts written, nothing submitted)" if dry_run else ""))
     for launch in launched:
-        console.print(f"  {launch['slurm_id'] or '-'}  {launch['dir']}  ({len(launch['flows'])} workflows, "
-                      f"{launch['jobs']} jobs)")
+        what = (f"{len(launch['flows'])} workflows, " if "flows" in launch else "") + f"{launch['jobs']} jobs"
+        console.print(f"  {launch['slurm_id'] or '-'}  {launch['dir']}  ({what})")
 
 
 def rocket(launch_dir: Annotated[Path, typer.Argument(help="Launch directory written by submit.")]) -> None:
@@ -100,3 +123,11 @@ def rocket(launch_dir: Annotated[Path, typer.Argument(help="Launch directory wri
 
     failed = run(launch_dir)
     raise typer.Exit(0 if failed == 0 else 3)
+
+
+def fw_rocket(launch_dir: Annotated[Path, typer.Argument(help="Launch directory written by submit.")]) -> None:
+    """Run the reserved fireworks of one launch offline (engine: fireworks; started by the batch script)."""
+    from dftflow.execution.fw_launches import fw_rocket as run
+
+    fizzled = run(launch_dir)
+    raise typer.Exit(0 if fizzled == 0 else 3)

@@ -87,6 +87,27 @@ class StoreSettings(StrictModel):
         return self
 
 
+class FireworksSettings(StrictModel):
+    """Where the FireWorks LaunchPad of ``engine: fireworks`` lives.
+
+    ``launchpad`` is a LaunchPad YAML file (FireWorks' ``my_launchpad.yaml``), a
+    ``mongodb://`` / ``mongodb+srv://`` URI, or ``mongomock:FILE`` — FireWorks'
+    mongomock persistence in one JSON file (relative paths: to the project), for
+    one host without a MongoDB server: every opening holds a lock on ``FILE.lock``.
+    """
+
+    launchpad: str = Field(description="LaunchPad YAML, MongoDB URI, or mongomock:FILE")
+    database: str = Field(default="fireworks", description="database name for a URI without one")
+    fworker: str = Field(default="dftflow", description="FireWorker name recorded with every launch")
+
+    @field_validator("launchpad")
+    @classmethod
+    def _launchpad(cls, value: str) -> str:
+        if not value.strip() or value.strip() == "mongomock:":
+            raise ValueError("launchpad must be a LaunchPad YAML file, a mongodb:// URI or mongomock:FILE")
+        return value.strip()
+
+
 class ClusterProfile(StrictModel):
     name: str
     description: str = ""
@@ -95,6 +116,9 @@ class ClusterProfile(StrictModel):
     slurm: SlurmSettings | None = None
     commands: dict[str, str] = Field(default_factory=dict, description="engine commands, e.g. vasp_std")
     store: StoreSettings = Field(default_factory=StoreSettings)
+    engine: Literal["embedded", "fireworks"] = Field(
+        default="embedded", description="workflow manager: the project's SQLite store, or a FireWorks LaunchPad")
+    fireworks: FireworksSettings | None = None
     pack: int = Field(default=1, gt=0, description="structures run in one allocation")
     python: str | None = Field(default=None, description="interpreter on the compute nodes (default: this one)")
 
@@ -102,6 +126,10 @@ class ClusterProfile(StrictModel):
     def _slurm(self) -> ClusterProfile:
         if self.scheduler == "slurm" and self.slurm is None:
             raise ValueError("scheduler: slurm needs a slurm: section")
+        if self.engine == "fireworks" and self.fireworks is None:
+            raise ValueError("engine: fireworks needs a fireworks: section with launchpad:")
+        if self.engine == "fireworks" and self.scheduler != "slurm":
+            raise ValueError("engine: fireworks launches through SLURM: set scheduler: slurm")
         return self
 
 

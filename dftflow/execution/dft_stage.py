@@ -147,17 +147,19 @@ def results(project: Project) -> list[dict[str, Any]]:
         return []
     queue = JobQueue(path)
     try:
-        rows = []
-        for job in queue.jobs():
-            out = (job["output"] or {}).get("output") or {}
-            rows.append({
-                "uid": job["flow_id"], "job": job["name"], "state": job["state"], "attempts": job["attempts"],
-                "energy": out.get("energy"), "n_scf": out.get("n_scf"), "ionic_steps": out.get("ionic_steps"),
-                "electrons": out.get("integrated_electrons"), "expected": out.get("nvalence"),
-                "magmom": out.get("magmom"), "wall_s": out.get("wall_s"), "dir": out.get("dir"),
-                "seconds": (job["finished"] - job["started"]) if job["finished"] and job["started"] else None,
-                "error": job["error"],
-            })
-        return rows
+        return [job_row(job["flow_id"], job["name"], job["state"], job["attempts"], job["output"],
+                        (job["finished"] - job["started"]) if job["finished"] and job["started"] else None,
+                        job["error"]) for job in queue.jobs()]
     finally:
         queue.close()
+
+
+def job_row(uid: str, name: str, state: str, attempts: int, document: dict[str, Any] | None,
+            seconds: float | None, error: str | None) -> dict[str, Any]:
+    """One row of ``dftflow status``: a job's state and what its output document says (any engine)."""
+    out = (document or {}).get("output") or {}
+    return {"uid": uid, "job": name, "state": state, "attempts": attempts,
+            "energy": out.get("energy"), "n_scf": out.get("n_scf"), "ionic_steps": out.get("ionic_steps"),
+            "electrons": out.get("integrated_electrons"), "expected": out.get("nvalence"),
+            "magmom": out.get("magmom"), "wall_s": out.get("wall_s"), "dir": out.get("dir"),
+            "seconds": seconds, "error": error}

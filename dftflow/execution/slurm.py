@@ -24,8 +24,12 @@ class SlurmError(DftflowError):
     """sbatch/squeue failed; the message carries their stderr."""
 
 
-def job_script(profile: ClusterProfile, launch_dir: Path, *, job_name: str = "dftflow") -> str:
-    """The batch script for one launch: #SBATCH lines, modules, pre-run lines, then the rocket."""
+def job_script(profile: ClusterProfile, launch_dir: Path, *, job_name: str = "dftflow",
+               command: str = "rocket") -> str:
+    """The batch script for one launch: #SBATCH lines, modules, pre-run lines, then the rocket.
+
+    ``command``: the dftflow command run on the launch directory (``fw-rocket`` for the FireWorks engine).
+    """
     if profile.slurm is None:
         raise ConfigError(f"profile {profile.name}: no slurm section")
     s = profile.slurm
@@ -48,7 +52,7 @@ def job_script(profile: ClusterProfile, launch_dir: Path, *, job_name: str = "df
     lines += [f"module load {m}" for m in s.modules]
     lines += list(s.pre_run)
     python = profile.python or sys.executable
-    lines += ["", f"exec {shlex.quote(python)} -m dftflow rocket {shlex.quote(str(launch_dir))}", ""]
+    lines += ["", f"exec {shlex.quote(python)} -m dftflow {command} {shlex.quote(str(launch_dir))}", ""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,313 @@
+"""FireWorks rockets through SLURM in offline mode: reserve, sbatch, ``rlaunch --offline``, ``recover_offline``.
+
+The LaunchPad has one writer, the submit host (with mongomock it must: the
+store is one file). ``FwLauncher.launch`` reserves up to ``pack`` READY
+fireworks of the project (``LaunchPad.reserve_fw``), writes FireWorks' offline
+files into each firework's job directory (``FW.json``, ``FW_offline.json``,
+registered with ``add_offline_run``, as ``qlaunch -r`` does) and submits one
+allocation whose script runs ``dftflow fw-rocket``: FireWorks' own offline
+``Rocket`` in each directory, one after the other, starting none with less
+than the profile's stop margin left. The rocket never opens the LaunchPad; it
+writes ``FW_offline.json`` (started, then the FWAction and state).
+
+``recover`` (``status``, ``submit``, ``retry``) does what ``lpad recover_offline``
+does for the project's active allocations, then settles allocations that have
+left ``squeue`` (state from ``sacct``/``scontrol``): a firework that had started
+when SLURM ended the allocation is FIZZLED with the SLURM state as its reason;
+reserved ones that never started go back to READY (``cancel_reservation``).
+
+A workflow's fireworks become READY only when the LaunchPad learns that their
+parents completed, i.e. at recovery on the submit host: relax and static of one
+structure run in two allocations (``pack`` counts fireworks, not workflows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid as uuidlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+from dftflow.config.profile import ClusterProfile, stop_margin_s
+from dftflow.execution.fw_engine import project_key
+from dftflow.execution.launches import _stopped_before_walltime
+from dftflow.execution.slurm import (
+    ACTIVE_STATES,
+    SlurmError,
+    final_state,
+    job_script,
+    job_state_after,
+    queue_states,
+    sbatch,
+)
+
+ALLOCATIONS = "dftflow_allocations"
+_ROCKET_LOG = "rocket.json"
+STOPPED_KEY = "_dftflow_stopped"  # in a FIZZLED launch's stored_data: stopped cleanly before the walltime
+MAX_STOPS = 3
+
+
+class FwLauncher:
+    """Submit-host side: allocations of reserved fireworks and their recovery, on an open LaunchPad."""
+
+    def __init__(self, lp: Any, root: Path, profile: ClusterProfile, *, env: dict[str, str] | None = None) -> None:
+        self.lp = lp
+        self.root = Path(root).resolve()
+        self.key = project_key(self.root)
+        self.profile = profile
+        self.env = env
+        self.allocations = lp.db[ALLOCATIONS]
+
+    def _fworker(self) -> Any:
+        from fireworks import FWorker
+
+        assert self.profile.fireworks is not None
+        return FWorker(name=self.profile.fireworks.fworker, query={"spec._dftflow.project": self.key})
+
+    def active(self) -> list[dict[str, Any]]:
+        return list(self.allocations.find({"project": self.key, "state": "SUBMITTED"}))
+
+    # -- submitting ----------------------------------------------------------
+    def launch(self, *, dry_run: bool = False) -> list[dict[str, Any]]:
+        """Reserve READY fireworks and submit allocations for them, at most ``max_queued`` active at once."""
+        assert self.profile.slurm is not None
+        room = self.profile.slurm.max_queued - len(self.active())
+        made: list[dict[str, Any]] = []
+        while room > 0:
+            try:
+                launch = self._launch(dry_run=dry_run)
+            except SlurmError:
+                if not made:
+                    raise
+                # keep what was submitted: an exception would discard the whole opening (mongomock), and
+                # with it the reservations of allocations that SLURM already has
+                break
+            if launch is None:
+                break
+            made.append(launch)
+            room -= 1
+            if dry_run:
+                break
+        return made
+
+    def _reserve(self, directory: Path) -> list[tuple[Any, int, Path]]:
+        reserved = []
+        for _ in range(self.profile.pack):
+            fw, launch_id = self.lp.reserve_fw(self._fworker(), str(directory))
+            if fw is None:
+                break
+            workdir = Path(fw.spec["_dftflow"]["dir"])
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.lp.change_launch_dir(launch_id, str(workdir))
+            # FireWorks' offline files, as qlaunch -r writes them (queue_launcher.setup_offline_job)
+            fw.to_file(str(workdir / "FW.json"))
+            (workdir / "FW_offline.json").write_text(json.dumps({"launch_id": launch_id}))
+            for stale in ("FW_ping.json", "FWAction.json"):
+                (workdir / stale).unlink(missing_ok=True)
+            self.lp.add_offline_run(launch_id, fw.fw_id, fw.name)
+            reserved.append((fw, launch_id, workdir))
+        return reserved
+
+    def _release(self, launch_ids: list[int]) -> None:
+        for launch_id in launch_ids:
+            self.lp.cancel_reservation(launch_id)
+            self.lp.forget_offline(launch_id)
+
+    def _launch(self, *, dry_run: bool) -> dict[str, Any] | None:
+        name = time.strftime("%Y%m%d-%H%M%S-") + uuidlib.uuid4().hex[:8]
+        directory = self.root / "launches" / name
+        directory.mkdir(parents=True, exist_ok=True)
+        reserved = self._reserve(directory)
+        if not reserved:
+            directory.rmdir()
+            return None
+        launch_ids = [launch_id for _, launch_id, _ in reserved]
+        spec = {"allocation": name, "commands": self.profile.commands,
+                "fworker": self.profile.fireworks.fworker if self.profile.fireworks else "dftflow",
+                "rockets": [{"fw_id": fw.fw_id, "name": fw.name, "launch_id": lid, "dir": str(d)}
+                            for fw, lid, d in reserved]}
+        (directory / "launch.json").write_text(json.dumps(spec))
+        script = directory / "job.sh"
+        script.write_text(job_script(self.profile, directory, job_name=f"dftflow-fw-{name[-8:]}",
+                                     command="fw-rocket"))
+        out = {"launch_id": name, "dir": str(directory), "fw_ids": [fw.fw_id for fw, _, _ in reserved],
+               "jobs": len(reserved), "slurm_id": None}
+        if dry_run:
+            self._release(launch_ids)  # scripts written, nothing stays reserved
+            return out
+        try:
+            slurm_id = sbatch(script, env=self.env)
+        except BaseException:
+            self._release(launch_ids)
+            raise
+        for launch_id in launch_ids:
+            self.lp.set_reservation_id(launch_id, slurm_id)
+        self.allocations.insert_one({"_id": f"{self.key}|{name}", "project": self.key, "name": name,
+                                     "slurm_id": slurm_id, "dir": str(directory), "launch_ids": launch_ids,
+                                     "fw_ids": out["fw_ids"], "state": "SUBMITTED", "submitted": time.time(),
+                                     "finished": None, "slurm_state": None})
+        return {**out, "slurm_id": slurm_id}
+
+    # -- recovering ----------------------------------------------------------
+    def recover(self) -> dict[str, int]:
+        """Read back the offline results of active allocations; settle the allocations that ended."""
+        active = self.active()
+        states = queue_states([a["slurm_id"] for a in active], env=self.env)
+        applied = settled = 0
+        for alloc in active:
+            # squeue was asked before the files are read: an allocation missing from it has written all it will
+            applied += sum(self._apply(launch_id) for launch_id in alloc["launch_ids"])
+            if alloc["slurm_id"] in states:
+                continue
+            end = final_state(alloc["slurm_id"], env=self.env)
+            if end in ACTIVE_STATES:
+                continue
+            self._settle(alloc, end)
+            self.allocations.update_one({"_id": alloc["_id"]}, {"$set": {"state": "DONE", "finished": time.time(),
+                                                                        "slurm_state": end}})
+            settled += 1
+        return {"applied": applied, "settled": settled, "active": len(active) - settled}
+
+    def _apply(self, launch_id: int) -> int:
+        """``recover_offline`` for one launch, if its rocket wrote anything; 1 if it finished (any state)."""
+        run = self.lp.offline_runs.find_one({"launch_id": launch_id, "deprecated": False, "completed": False})
+        if run is None:
+            return 0
+        launch = self.lp.launches.find_one({"launch_id": launch_id}, {"launch_dir": 1})
+        path = Path(launch["launch_dir"]) / "FW_offline.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return 0  # not written yet, or being rewritten by the rocket: next time
+        if "started_on" not in data and "fwaction" not in data:
+            return 0
+        with warnings.catch_warnings():  # "Unable to find FW_ping.json": a rocket that has just started
+            warnings.filterwarnings("ignore", message="Unable to find FW_ping.json")
+            self.lp.recover_offline(launch_id, ignore_errors=False, print_errors=False)
+        if ((data.get("fwaction") or {}).get("stored_data") or {}).get(STOPPED_KEY):
+            self._requeue_stopped(run["fw_id"])
+        return int("fwaction" in data)
+
+    def _requeue_stopped(self, fw_id: int) -> None:
+        """A firework stopped cleanly before the walltime runs again (its relaxation from the CONTCAR).
+
+        Its FIZZLED launch, with the reason, is archived by ``rerun_fw``; after ``MAX_STOPS`` stops
+        it stays FIZZLED for ``dftflow retry``.
+        """
+        fw = self.lp.fireworks.find_one({"fw_id": fw_id}, {"launches": 1, "archived_launches": 1, "state": 1})
+        if fw is None or fw["state"] != "FIZZLED":
+            return
+        if len(fw.get("launches") or []) + len(fw.get("archived_launches") or []) < MAX_STOPS:
+            self.lp.rerun_fw(fw_id)
+
+    def _settle(self, alloc: dict[str, Any], end: str) -> None:
+        """Fireworks the ended allocation still holds: the one that ran fizzles, the rest are READY again."""
+        from fireworks import FWAction
+
+        log = Path(alloc["dir"]) / _ROCKET_LOG
+        why = json.loads(log.read_text()).get("stopped") if log.exists() else None
+        for launch_id in alloc["launch_ids"]:
+            launch = self.lp.launches.find_one({"launch_id": launch_id}, {"state": 1})
+            if launch is None or launch["state"] in ("COMPLETED", "FIZZLED"):
+                continue
+            if launch["state"] == "RESERVED":  # never started
+                self._release([launch_id])
+                continue
+            if job_state_after(end) == "LOST":
+                reason = f"lost: SLURM job {alloc['slurm_id']} ended {end} while it ran"
+            else:
+                what = "reached its time limit (TIMEOUT)" if end == "TIMEOUT" else f"ended {end}"
+                reason = f"SLURM job {alloc['slurm_id']} {what} while this job ran"
+            if why:
+                reason += f" ({why})"
+            self.lp.complete_launch(launch_id, FWAction(stored_data={"_message": reason}, exit=True), "FIZZLED")
+            self.lp.offline_runs.update_one({"launch_id": launch_id}, {"$set": {"completed": True}})
+
+    def launches(self) -> list[dict[str, Any]]:
+        docs = sorted(self.allocations.find({"project": self.key}), key=lambda d: d["submitted"])
+        return [{"launch_id": d["name"], "slurm_id": d["slurm_id"], "state": d["state"],
+                 "slurm_state": d["slurm_state"], "fw_ids": d["fw_ids"], "submitted": d["submitted"],
+                 "finished": d["finished"]} for d in docs]
+
+
+def _patch_fireworks_zopen() -> None:
+    """FireWorks 2.1's offline rocket calls ``monty.io.zopen(path)`` without a mode, which monty ≥ 2025 refuses.
+
+    The rocket reads ``FW_offline.json`` that way; give it the text mode it means.
+    """
+    import fireworks.core.rocket as rocket_module
+    from monty.io import zopen
+
+    def zopen_text_by_default(filename: Any, mode: str = "rt", **kwargs: Any) -> Any:
+        return zopen(filename, mode, **kwargs)
+
+    rocket_module.zopen = zopen_text_by_default
+
+
+def fw_rocket(launch_dir: Path) -> int:
+    """Compute-node side: FireWorks' offline rocket in each reserved directory, in order; returns the fizzles."""
+    from fireworks import FWorker
+    from fireworks.core.rocket_launcher import launch_rocket
+
+    _patch_fireworks_zopen()
+    launch_dir = Path(launch_dir).resolve()
+    spec = json.loads((launch_dir / "launch.json").read_text())
+    os.environ["DFTFLOW_VASP_COMMANDS"] = json.dumps(spec.get("commands") or {})
+    margin = stop_margin_s()
+    end = os.environ.get("DFTFLOW_JOB_END")
+    (launch_dir / _ROCKET_LOG).unlink(missing_ok=True)
+    fizzled = 0
+    cwd = os.getcwd()
+    for rocket in spec["rockets"]:
+        workdir = Path(rocket["dir"])
+        state = json.loads((workdir / "FW_offline.json").read_text())
+        if "fwaction" in state:  # the same allocation run again (requeued by SLURM): done already
+            fizzled += state.get("state") == "FIZZLED"
+            continue
+        if end and float(end) - time.time() < margin:
+            left = float(end) - time.time()
+            (launch_dir / _ROCKET_LOG).write_text(json.dumps(
+                {"stopped": f"{left:.0f} s left in the allocation, less than the stop margin of {margin:.0f} s"}))
+            break
+        # custodian's WalltimeHandler times its wall_time from CUSTODIAN_WALLTIME_START, set by the first one
+        os.environ.pop("CUSTODIAN_WALLTIME_START", None)
+        started = time.time()
+        threads = set(threading.enumerate())
+        os.chdir(workdir)
+        try:
+            launch_rocket(None, FWorker(name=spec.get("fworker", "dftflow")), strm_lvl="INFO")
+        finally:
+            # the rocket's ping thread writes FW_ping.json into the working directory once more after it
+            # is told to stop: let it, here, before leaving the job directory
+            for thread in set(threading.enumerate()) - threads:
+                thread.join(timeout=30)
+            os.chdir(cwd)
+        stopped = _stopped_before_walltime(workdir, started, float(end) if end else None)
+        if stopped is not None:
+            _record_stop(workdir, stopped)
+            (launch_dir / _ROCKET_LOG).write_text(json.dumps({"stopped": f"{rocket['name']} was stopped before "
+                                                                          "the walltime"}))
+            break
+        done = json.loads((workdir / "FW_offline.json").read_text())
+        fizzled += done.get("state") == "FIZZLED"
+    return fizzled
+
+
+def _record_stop(workdir: Path, reason: str) -> None:
+    """What VASP wrote after a STOPCAR is an interrupted run, not a result: the launch fizzles with the reason.
+
+    Recovery sees ``STOPPED_KEY`` and puts the firework back to READY (``FwLauncher._requeue_stopped``).
+    """
+    from fireworks import FWAction
+
+    path = workdir / "FW_offline.json"
+    data = json.loads(path.read_text())
+    data["fwaction"] = FWAction(stored_data={"_message": reason, STOPPED_KEY: True}, exit=True).to_dict()
+    data["state"] = "FIZZLED"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)

@@ -1,0 +1,390 @@
+"""The FireWorks engine: jobflow flows on a real FireWorks LaunchPad (mongomock persisted to a JSON file).
+
+The SLURM tests run offline rockets through the real one-node SLURM of tests/slurm_cluster.py, with the
+VASP double replaying the Si relax → static references.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dftflow.cli.app import app
+from dftflow.config.profile import ClusterProfile, FireworksSettings, SlurmSettings, load_profile
+from dftflow.errors import ConfigError, InputError
+from dftflow.execution import fw_engine, fw_project
+from dftflow.execution.fw_launches import FwLauncher, fw_rocket
+from dftflow.execution.fw_launchpad import open_launchpad
+from tests import slurm_cluster
+from tests.conftest import DOUBLE
+from tests.helpers_jobs import record
+from tests.helpers_rocket import vasp_like
+
+SI = "fixtures/vasp/Si_mp_gga_relax"
+FLOW = ["--relax-set", "mp-relax", "--static-set", "mp-static"]
+
+
+def cli(*args: str) -> dict:
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def write_profile(path: Path, *, pack: int = 1, walltime: str = "00:05:00", **slurm) -> Path:
+    data = {"name": "test-fireworks", "scheduler": "slurm", "engine": "fireworks", "pack": pack,
+            "fireworks": {"launchpad": "mongomock:launchpad.json"},
+            "slurm": {"partition": "debug", "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 1,
+                      "walltime": walltime, "stop_margin_s": 0, "max_queued": 10,
+                      "extra_directives": ["--mem=100M"], **slurm},
+            "commands": {"vasp_std": f"{sys.executable} {DOUBLE}"}}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def si_poscar(shared: Path, path: Path) -> Path:
+    path.write_bytes(gzip.decompress((shared / SI / "GGA_Relax_1" / "inputs" / "POSCAR.gz").read_bytes()))
+    return path
+
+
+def launchpad_fireworks(project: Path) -> list[dict]:
+    with open_launchpad(FireworksSettings(launchpad="mongomock:launchpad.json"), project) as lp:
+        return sorted(lp.fireworks.find({}, {"_id": 0, "fw_id": 1, "name": 1, "state": 1, "spec._dftflow": 1}),
+                      key=lambda d: d["fw_id"])
+
+
+# -- without a scheduler -----------------------------------------------------------------------
+
+
+def test_profile_needs_a_fireworks_section_and_slurm(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "scheduler": "slurm", "engine": "fireworks",
+                                    "slurm": {"walltime": "01:00:00"}}))
+    with pytest.raises(ConfigError, match="fireworks: section"):
+        load_profile(path)
+    path.write_text(yaml.safe_dump({"name": "x", "engine": "fireworks", "fireworks": {"launchpad": "lp.yaml"}}))
+    with pytest.raises(ConfigError, match="scheduler: slurm"):
+        load_profile(path)
+    assert load_profile(write_profile(path)).fireworks.launchpad == "mongomock:launchpad.json"
+
+
+def test_profiles_check_shows_the_offline_rocket_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DFTFLOW_DB_PASSWORD", raising=False)
+    out = cli("profiles", "check", "slurm-fireworks")
+    assert "-m dftflow fw-rocket" in out["script"]
+    assert out["warnings"] == ["fireworks.launchpad uses unset environment variable(s): DFTFLOW_DB_PASSWORD"]
+
+
+def test_duplicate_submit_adds_nothing_and_dry_run_reserves_nothing(shared: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    profile = write_profile(tmp_path / "profile.yaml", modules=["vasp/6"])
+    poscar = si_poscar(shared, tmp_path / "Si.vasp")
+    first = cli("submit", str(poscar), "-p", str(project), "--profile", str(profile), *FLOW, "--dry-run")
+    assert first["workflows_added"] == 1
+    [launch] = first["launched"]
+    assert launch["slurm_id"] is None and launch["jobs"] == 1
+    script = (Path(launch["dir"]) / "job.sh").read_text()
+    assert "-m dftflow fw-rocket" in script and "module load vasp/6" in script
+    assert "DFTFLOW_STOP_MARGIN=0" in script and "--time=00:05:00" in script
+    rockets = json.loads((Path(launch["dir"]) / "launch.json").read_text())["rockets"]
+    assert [r["name"] for r in rockets] == ["relax"]
+    assert (Path(rockets[0]["dir"]) / "FW.json").exists()  # FireWorks' offline files, in the job directory
+    again = cli("submit", str(poscar), "-p", str(project), "--profile", str(profile), *FLOW, "--dry-run")
+    assert again["workflows_added"] == 0
+    fws = launchpad_fireworks(project)
+    assert [(f["name"], f["state"]) for f in fws] == [("relax", "READY"), ("static", "WAITING")]
+    assert {f["spec"]["_dftflow"]["uid"] for f in fws} == {"Si"}
+    status = cli("status", "-p", str(project))
+    assert status["engine"] == "fireworks" and status["counts"]["READY"] == 1 and status["counts"]["WAITING"] == 1
+    # the project's workflows are on the LaunchPad: an embedded-engine profile is refused, not mixed in
+    embedded = tmp_path / "embedded.yaml"
+    embedded.write_text(yaml.safe_dump({**yaml.safe_load(profile.read_text()), "engine": "embedded"}))
+    res = CliRunner().invoke(app, ["submit", str(poscar), "-p", str(project), "--profile", str(embedded), *FLOW])
+    assert isinstance(res.exception, InputError) and "on the fireworks engine" in str(res.exception)
+    assert not (project / "jobs.sqlite").exists()
+
+
+def test_concurrent_submits_add_each_workflow_once(shared: Path, tmp_path: Path) -> None:
+    """Two submit processes at once on one mongomock LaunchPad: the file lock serialises their openings."""
+    project = tmp_path / "project"
+    profile = write_profile(tmp_path / "profile.yaml")
+    poscar = si_poscar(shared, tmp_path / "Si.vasp")
+    copies = []
+    for i in range(6):
+        p = tmp_path / f"Si{i}.vasp"
+        p.write_bytes(poscar.read_bytes())
+        copies.append(str(p))
+    args = [sys.executable, "-m", "dftflow", "submit", *copies, "-p", str(project), "--profile", str(profile),
+            *FLOW, "--dry-run", "--json"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert sum(json.loads(out)["workflows_added"] for out, _ in outs) == 6
+    fws = launchpad_fireworks(project)
+    assert len(fws) == 12
+    assert sorted(f["spec"]["_dftflow"]["uid"] for f in fws) == sorted([f"Si{i}" for i in range(6)] * 2)
+
+
+def test_a_claim_left_by_a_dead_submit_is_taken_over_once_stale(tmp_path: Path) -> None:
+    from jobflow import Flow
+
+    settings = FireworksSettings(launchpad="mongomock:launchpad.json")
+    key = fw_engine.project_key(tmp_path)
+    items = [("a", lambda: Flow([record(str(tmp_path / "m"), 1)]))]
+    with open_launchpad(settings, tmp_path) as lp:
+        claims = lp.db[fw_engine.CLAIMS]
+        claims.insert_one({"_id": f"{key}|a", "project": key, "uid": "a", "state": "adding", "time": time.time()})
+        assert fw_engine.add_workflows(lp, tmp_path, items) == 0  # another submit may be inserting it now
+        claims.update_one({"_id": f"{key}|a"}, {"$set": {"time": time.time() - fw_engine.STALE_CLAIM_S - 1}})
+        assert fw_engine.add_workflows(lp, tmp_path, items) == 1  # that submit died: its claim is taken over
+        assert fw_engine.add_workflows(lp, tmp_path, items) == 0
+        assert claims.find_one({"_id": f"{key}|a"})["state"] == "added"
+        assert lp.workflows.count_documents({"metadata.dftflow_key": f"{key}|a"}) == 1
+
+
+def test_a_failed_opening_writes_nothing(tmp_path: Path) -> None:
+    settings = FireworksSettings(launchpad="mongomock:launchpad.json")
+    with open_launchpad(settings, tmp_path) as lp:
+        lp.db["dftflow_workflows"].insert_one({"_id": "kept"})
+    before = (tmp_path / "launchpad.json").read_text()
+    with pytest.raises(RuntimeError), open_launchpad(settings, tmp_path) as lp:
+        lp.db["dftflow_workflows"].insert_one({"_id": "lost"})
+        raise RuntimeError("interrupted")
+    assert (tmp_path / "launchpad.json").read_text() == before
+    with open_launchpad(settings, tmp_path) as lp:
+        assert [d["_id"] for d in lp.db["dftflow_workflows"].find()] == ["kept"]
+
+
+# -- offline rockets and recovery with SLURM's commands faked -----------------------------------
+
+
+@pytest.fixture()
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch answers 4242; squeue and sacct print $FAKE_SQUEUE / $FAKE_SACCT (SLURM's own output)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", "echo 4242"), ("squeue", 'printf "%s" "$FAKE_SQUEUE"'),
+                       ("sacct", 'printf "%s" "$FAKE_SACCT"'), ("scontrol", "exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUSTODIAN_WALLTIME_START", raising=False)
+    monkeypatch.setenv("DFTFLOW_VASP_COMMANDS", "{}")
+
+
+def one_allocation(project: Path, jobs: list) -> tuple[ClusterProfile, dict]:
+    """One single-job workflow per job, all reserved into one allocation (pack = len(jobs))."""
+    from jobflow import Flow
+
+    profile = ClusterProfile(name="fake", scheduler="slurm", engine="fireworks", pack=len(jobs),
+                             fireworks=FireworksSettings(launchpad="mongomock:launchpad.json"),
+                             slurm=SlurmSettings(walltime="00:10:00"))
+    with open_launchpad(profile.fireworks, project) as lp:
+        assert fw_engine.add_workflows(lp, project, [(f"f{i}", lambda j=j: Flow([j])) for i, j in enumerate(jobs)]) \
+            == len(jobs)
+        [launch] = FwLauncher(lp, project, profile).launch()
+    assert launch["slurm_id"] == "4242" and launch["jobs"] == len(jobs)
+    return profile, launch
+
+
+def test_a_failing_sbatch_keeps_the_allocations_already_submitted(tmp_path, fake_slurm) -> None:
+    """sbatch accepts one allocation, then refuses (a QOS limit): the first stays recorded and reserved."""
+    from jobflow import Flow
+
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\nif [ -f {tmp_path}/once ]; then echo 'sbatch: error: QOSMaxSubmitJobPerUserLimit'"
+                      f" >&2; exit 1; fi\ntouch {tmp_path}/once\necho 4242\n")
+    project = tmp_path / "project"
+    profile = ClusterProfile(name="fake", scheduler="slurm", engine="fireworks", pack=1,
+                             fireworks=FireworksSettings(launchpad="mongomock:launchpad.json"),
+                             slurm=SlurmSettings(walltime="00:10:00"))
+    jobs = [record(str(tmp_path / "m"), i) for i in range(2)]
+    out = fw_project.submit(project, profile, [(f"f{i}", lambda j=j: Flow([j])) for i, j in enumerate(jobs)])
+    assert out["workflows_added"] == 2 and [x["slurm_id"] for x in out["launched"]] == ["4242"]
+    status = fw_project.status(project, profile, env={**os.environ, "FAKE_SQUEUE": "4242 PENDING\n"})
+    assert sorted(r["state"] for r in status["jobs"]) == ["READY", "RESERVED"]
+    assert [x["slurm_id"] for x in status["launches"]] == ["4242"]
+
+
+def test_an_allocation_that_timed_out_fizzles_its_running_job_and_frees_the_rest(tmp_path, fake_slurm,
+                                                                                 monkeypatch) -> None:
+    project = tmp_path / "project"
+    profile, launch = one_allocation(project, [record(str(tmp_path / "m"), 1), record(str(tmp_path / "m"), 2)])
+    first, second = json.loads((Path(launch["dir"]) / "launch.json").read_text())["rockets"]
+    offline = Path(first["dir"]) / "FW_offline.json"  # the first rocket had started when SLURM ended it
+    offline.write_text(json.dumps({**json.loads(offline.read_text()), "started_on": "2026-01-01T00:00:00+00:00"}))
+    monkeypatch.setenv("FAKE_SQUEUE", "4242 RUNNING\n")
+    status = fw_project.status(project, profile)
+    assert {r["uid"]: r["state"] for r in status["jobs"]} == {"f0": "RUNNING", "f1": "RESERVED"}
+    monkeypatch.setenv("FAKE_SQUEUE", "")  # gone from squeue; sacct says how it ended
+    monkeypatch.setenv("FAKE_SACCT", "TIMEOUT\n")
+    status = fw_project.status(project, profile)
+    jobs = {r["uid"]: r for r in status["jobs"]}
+    assert jobs["f0"]["state"] == "FIZZLED"
+    assert jobs["f0"]["error"] == "SLURM job 4242 reached its time limit (TIMEOUT) while this job ran"
+    assert jobs["f1"]["state"] == "READY"  # never started: reservation cancelled
+    assert [x["slurm_state"] for x in status["launches"]] == ["TIMEOUT"]
+    again = fw_project.retry(project, profile)
+    assert again["requeued"] == 1 and len(again["launched"]) == 1 and again["launched"][0]["jobs"] == 2
+
+
+def test_a_job_stopped_before_the_walltime_goes_back_to_ready_and_nothing_starts_after_it(
+        tmp_path, fake_slurm, monkeypatch) -> None:
+    monkeypatch.setenv("DFTFLOW_JOB_END", str(time.time() + 3600))
+    monkeypatch.setenv("DFTFLOW_STOP_MARGIN", "60")
+    project = tmp_path / "project"
+    profile, launch = one_allocation(project, [vasp_like("LSTOP = .TRUE."), vasp_like()])
+    assert fw_rocket(Path(launch["dir"])) == 0  # FireWorks' offline rocket, in-process; a clean stop is no fizzle
+    assert "was stopped before the walltime" in (Path(launch["dir"]) / "rocket.json").read_text()
+    monkeypatch.setenv("FAKE_SQUEUE", "")
+    monkeypatch.setenv("FAKE_SACCT", "COMPLETED\n")
+    status = fw_project.status(project, profile)
+    assert {r["uid"]: r["state"] for r in status["jobs"]} == {"f0": "READY", "f1": "READY"}
+    with open_launchpad(profile.fireworks, project) as lp:
+        [stopped] = [fw_engine.fizzle_reason(x) for x in lp.launches.find({"state": "FIZZLED"})]
+    assert stopped.startswith("stopped cleanly: STOPCAR (LSTOP = .TRUE.)")
+
+
+def test_the_offline_rocket_runs_fireworks_own_rocket_and_recovery_completes_it(tmp_path, fake_slurm,
+                                                                               monkeypatch) -> None:
+    project = tmp_path / "project"
+    profile, launch = one_allocation(project, [record(str(tmp_path / "m"), 7)])
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    import fireworks.core.rocket as fw_rocket_module
+
+    ping = fw_rocket_module.do_ping
+
+    def slow_ping(*args):  # the ping thread's last write comes late, as it can on a busy node
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(1.0)
+        ping(*args)
+
+    monkeypatch.setattr(fw_rocket_module, "do_ping", slow_ping)
+    assert fw_rocket(Path(launch["dir"])) == 0
+    [rocket] = json.loads((Path(launch["dir"]) / "launch.json").read_text())["rockets"]
+    # FireWorks' ping thread writes once more when stopped: into the job directory, not where the rocket started
+    time.sleep(1.5)
+    assert (Path(rocket["dir"]) / "FW_ping.json").exists() and list((tmp_path / "cwd").iterdir()) == []
+    assert json.loads((Path(rocket["dir"]) / "FW_offline.json").read_text())["state"] == "COMPLETED"
+    monkeypatch.setenv("FAKE_SACCT", "COMPLETED\n")
+    [row] = fw_project.status(project, profile)["jobs"]
+    assert row["state"] == "COMPLETED" and row["output"] == {"value": 7, "pid": os.getpid()}
+    assert (tmp_path / "m").read_text().split()[2] == Path(rocket["dir"]).name  # ran in its job directory
+    # its output document went to the workflow's JSON file, written by rename (no temporary left)
+    assert "dftflow.execution.fw_store" in (Path(rocket["dir"]) / "FW.json").read_text()
+    assert [p.name for p in (project / "outputs").iterdir()] == ["f0.json"]
+
+
+# -- through SLURM -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    why = slurm_cluster.why_unavailable()
+    if why:
+        pytest.skip(why)
+    c = slurm_cluster.start(tmp_path_factory.mktemp("slurm"), cpus=8, max_time_min=30)
+    yield c
+    c.stop()
+
+
+@pytest.fixture()
+def on_slurm(cluster, shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vasp_double) -> dict:
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    return {"profile": write_profile(tmp_path / "profile.yaml"), "poscar": si_poscar(shared, tmp_path / "Si.vasp"),
+            "project": tmp_path / "project", "double": vasp_double}
+
+
+def run_to_the_end(project: Path, profile: Path, timeout: float = 300) -> dict:
+    """status (recover_offline) and submit again until no allocation is active and nothing is READY."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = cli("status", "-p", str(project))
+        active = [x for x in status["launches"] if x["state"] == "SUBMITTED"]
+        if not active:
+            if not status["counts"]["READY"]:
+                return status
+            cli("submit", "-p", str(project), "--profile", str(profile), *FLOW)
+        time.sleep(2)
+    raise AssertionError(f"not finished within {timeout} s: {status}")
+
+
+def test_relax_static_completes_through_slurm_as_the_embedded_engine_computes_it(on_slurm, tmp_path: Path) -> None:
+    from dftflow.execution.queue import JobQueue
+    from dftflow.execution.worker import flow_jobs, run_workers
+    from dftflow.vasp.jobs import vasp_flow
+
+    env = on_slurm["double"]()
+    project = on_slurm["project"]
+    out = cli("submit", str(on_slurm["poscar"]), "-p", str(project), "--profile", str(on_slurm["profile"]), *FLOW)
+    assert out["workflows_added"] == 1 and len(out["launched"]) == 1 and out["launched"][0]["slurm_id"]
+    status = run_to_the_end(project, on_slurm["profile"])
+    assert status["counts"]["COMPLETED"] == 2, status
+    assert [x["slurm_state"] for x in status["launches"]] == ["COMPLETED", "COMPLETED"]  # relax, then static
+    jobs = {j["job"]: j for j in status["jobs"]}
+    # the same flow through the embedded engine (local worker), on the same double
+    embedded = tmp_path / "embedded"
+    from pymatgen.core import Structure
+
+    queue = JobQueue(embedded / "jobs.sqlite")
+    queue.add_flow("Si", flow_jobs(vasp_flow(Structure.from_file(on_slurm["poscar"]), "Si", relax_set="mp-relax",
+                                             static_set="mp-static")))
+    queue.close()
+    assert run_workers(embedded / "jobs.sqlite", embedded, 1, env=env)["COMPLETED"] == 2
+    queue = JobQueue(embedded / "jobs.sqlite")
+    reference = {j["name"]: j["output"]["output"] for j in queue.jobs()}
+    queue.close()
+    for name in ("relax", "static"):
+        mine, ref = jobs[name]["output"], reference[name]
+        for key in ("energy", "energy_per_atom", "structure", "scf_steps", "ionic_steps", "magnetization",
+                    "converged_electronic", "converged_ionic", "incar", "kpoints"):
+            assert mine[key] == ref[key], (name, key)
+        assert Path(mine["dir"]).is_relative_to(project) and Path(mine["dir"], "vasprun.xml").exists()
+    assert jobs["static"]["energy"] == reference["static"]["energy"]
+    assert Path(jobs["static"]["output"]["chgcar"]).stat().st_size > 1000  # the density stays on disk
+    assert "chgcar" not in json.dumps(launchpad_fireworks(project)).lower()
+    # a second submit adds nothing and launches nothing
+    again = cli("submit", str(on_slurm["poscar"]), "-p", str(project), "--profile", str(on_slurm["profile"]), *FLOW)
+    assert again["workflows_added"] == 0 and again["launched"] == []
+
+
+def test_a_fizzled_job_shows_its_reason_and_retry_reruns_it(on_slurm, shared: Path) -> None:
+    base = shared / SI
+    # the double knows only the relaxations: the static's INCAR matches no reference run and "VASP" fails
+    on_slurm["double"](references=[{"dir": str(base / "GGA_Relax_1"), "match": {"NSW": 99}},
+                                   {"dir": str(base / "GGA_Relax_2"), "match": {"NSW": 99}}])
+    project, profile = on_slurm["project"], on_slurm["profile"]
+    cli("submit", str(on_slurm["poscar"]), "-p", str(project), "--profile", str(profile), *FLOW)
+    status = run_to_the_end(project, profile)
+    assert status["counts"]["COMPLETED"] == 1 and status["counts"]["FIZZLED"] == 1, status
+    [failure] = status["failures"]
+    assert failure["job"] == "static" and failure["state"] == "FIZZLED"
+    assert "no reference run matches" in failure["error"], failure["error"]
+    text = CliRunner().invoke(app, ["status", "-p", str(project)])
+    assert text.exit_code == 0 and "FIZZLED" in text.output and "no reference run matches" in text.output
+    on_slurm["double"]()  # the full reference set: the rerun succeeds
+    again = cli("retry", "-p", str(project))
+    assert again["requeued"] == 1 and len(again["launched"]) == 1
+    status = run_to_the_end(project, profile)
+    assert status["counts"]["COMPLETED"] == 2 and status["failures"] == [], status
+    static = next(j for j in status["jobs"] if j["job"] == "static")
+    assert static["attempts"] == 2 and static["energy"] is not None
+
+
+@pytest.mark.parametrize("what", ["accel_eval", "nscf_eval"])
+def test_evaluations_refuse_the_fireworks_engine(tmp_path: Path, what: str) -> None:
+    from dftflow.accel.run import submit_allocations
+
+    with pytest.raises(InputError, match=f"{what.replace('_', '-')} runs its jobs on the embedded engine"):
+        submit_allocations(tmp_path, str(write_profile(tmp_path / "profile.yaml")), dry_run=True, what=what)
+    assert not (tmp_path / "submit.json").exists()
