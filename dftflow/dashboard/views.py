@@ -139,12 +139,12 @@ def candidates(root: Path, query: str = "", state: str = "", offset: int = 0, li
 
 
 # -- DFT jobs ----------------------------------------------------------------------------------
-def _log_files(root: Path, flow_id: str, name: str, uuid: str) -> list[str]:
+def _log_files(root: Path, flow_id: str, name: str, uuid: str, names: tuple[str, ...] = LOG_NAMES) -> list[str]:
     from dftflow.execution.worker import job_dir_for
 
     folder = job_dir_for(root, flow_id, name, uuid)
     out = []
-    for log in LOG_NAMES:
+    for log in names:
         p = folder / log
         if p.is_file():
             out.append(_rel(root, p))
@@ -152,11 +152,24 @@ def _log_files(root: Path, flow_id: str, name: str, uuid: str) -> list[str]:
 
 
 def jobs(root: Path, recent: int = 15, max_failures: int = 200) -> dict[str, Any]:
-    """DFT jobs by state, those running, the latest finished, and every failure with its reason and logs."""
+    """DFT jobs by state, those running, the latest finished, and every failure with its reason and logs.
+
+    A project on the FireWorks engine (``submit.json``) is read from its LaunchPad instead, without
+    writing to it (:mod:`dftflow.dashboard.fireworks`).
+    """
+    from dftflow.dashboard import fireworks
+
+    settings = fireworks.engine_settings(root)
+    if settings is not None:
+        def fw_logs(root_: Path, uid: str, name: str, uuid: str) -> list[str]:
+            return _log_files(root_, uid, name, uuid, LOG_NAMES + fireworks.FW_LOG_NAMES)
+
+        return fireworks.jobs(root, settings, fw_logs, cached=_cached, recent=recent, max_failures=max_failures)
+    embedded = {"engine": "embedded", "states": list(STATES), "failed_label": "failed or lost"}
     path = root / "jobs.sqlite"
     if not path.exists():
-        return {"exists": False, "counts": dict.fromkeys(STATES, 0), "total": 0, "running": [], "recent": [],
-                "failures": [], "failed_total": 0, "failure_reasons": [], "at": time.time()}
+        return {**embedded, "exists": False, "counts": dict.fromkeys(STATES, 0), "total": 0, "running": [],
+                "recent": [], "failures": [], "failed_total": 0, "failure_reasons": [], "at": time.time()}
     with readonly.reading(path) as db:
         counts = dict.fromkeys(STATES, 0)
         counts.update(dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")))
@@ -175,8 +188,8 @@ def jobs(root: Path, recent: int = 15, max_failures: int = 200) -> dict[str, Any
                              "GROUP BY error ORDER BY n DESC LIMIT 10").fetchall()
     failures = [{"uuid": u, "uid": f, "job": n, "state": s, "attempts": a, "reason": e, "finished": fi,
                  "logs": _log_files(root, f, n, u)} for u, f, n, s, a, e, fi in failed]
-    return {"exists": True, "counts": counts, "total": sum(counts.values()), "running": running, "recent": done,
-            "failures": failures, "failed_total": counts["FAILED"] + counts["LOST"],
+    return {**embedded, "exists": True, "counts": counts, "total": sum(counts.values()), "running": running,
+            "recent": done, "failures": failures, "failed_total": counts["FAILED"] + counts["LOST"],
             "failure_reasons": [[r or "?", n] for r, n in reasons], "at": time.time()}
 
 

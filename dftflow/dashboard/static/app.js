@@ -163,16 +163,24 @@ function renderJobs(data) {
 }
 
 function jobsView(data) {
-  if (!data.exists) return [el("p", {class: "muted"}, "no jobs.sqlite in this project yet (a build with a dft: stage makes it)")];
+  const fireworks = data.engine === "fireworks";
+  if (!data.exists) return [el("p", {class: "muted"}, fireworks
+    ? "no fireworks of this project on its LaunchPad (" + data.launchpad + ") yet"
+    : "no jobs.sqlite in this project yet (a build with a dft: stage makes it)")];
+  const states = data.states || STATES;
   const total = data.total || 1;
   const bar = el("div", {class: "bar", title: "jobs by state"},
-    STATES.filter((s) => data.counts[s]).map((s) =>
+    states.filter((s) => data.counts[s]).map((s) =>
       el("span", {class: s, style: "width:" + (100 * data.counts[s] / total) + "%", title: s + ": " + data.counts[s]})));
   const counts = el("table", {id: "jobs-counts"},
-    el("thead", {}, el("tr", {}, STATES.map((s) => el("th", {class: "num state-" + s}, s)), el("th", {class: "num"}, "total"))),
-    el("tbody", {}, el("tr", {}, STATES.map((s) => el("td", {class: "num", id: "jobs-count-" + s}, fmt(data.counts[s]))),
+    el("thead", {}, el("tr", {}, states.map((s) => el("th", {class: "num state-" + s}, s)), el("th", {class: "num"}, "total"))),
+    el("tbody", {}, el("tr", {}, states.map((s) => el("td", {class: "num", id: "jobs-count-" + s}, fmt(data.counts[s]))),
                      el("td", {class: "num", id: "jobs-total"}, fmt(data.total)))));
-  return [counts, bar,
+  const engine = fireworks
+    ? el("p", {class: "muted small", id: "jobs-engine"}, "FireWorks engine, LaunchPad " + data.launchpad +
+         ", as last recovered by dftflow status / submit")
+    : null;
+  return [engine, counts, bar,
     el("h3", {}, "Running (" + data.running.length + ")"),
     data.running.length
       ? table([["uid", "structure"], ["job", "job"], ["worker", "worker"], ["host", "host"], ["attempts", "attempt", 1],
@@ -187,7 +195,7 @@ function failuresView(data) {
   if (!data.exists) return [el("p", {class: "muted"}, "no DFT jobs")];
   const logs = (r) => el("span", {}, r.logs.map((p) => [el("a", {href: fileUrl(p), class: "log"}, p.split("/").pop()), " "]));
   return [
-    el("p", {id: "failures-total"}, data.failed_total + " failed or lost" +
+    el("p", {id: "failures-total"}, data.failed_total + " " + (data.failed_label || "failed or lost") +
       (data.failed_total > data.failures.length ? " (the latest " + data.failures.length + " listed)" : "")),
     data.failure_reasons.length
       ? table([[(r) => r[0], "reason"], [(r) => r[1], "jobs", 1]], data.failure_reasons, {id: "failure-reasons"}) : null,
