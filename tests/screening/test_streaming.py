@@ -21,7 +21,6 @@ from dftflow.config.recipe import ScreeningSettings
 from dftflow.screening import stages as st
 from dftflow.screening.dedup import DedupItem, deduplicate, merge_across_buckets
 from dftflow.screening.dedup_store import PRIORITY
-from dftflow.screening.symmetry import SymmetryFilter
 from dftflow.sources.records import Imported, pack
 
 PAGE = 20
