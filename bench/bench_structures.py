@@ -472,6 +472,7 @@ class ProcMonitor:
         self.interval = interval
         self.cpu: dict[tuple[int, int], float] = {}
         self.hwm_kb: dict[tuple[int, int], int] = {}
+        self.window_worker_kb = self.window_sum_kb = 0
         self._tick = os.sysconf("SC_CLK_TCK")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -514,18 +515,33 @@ class ProcMonitor:
             for c in children.get(frontier.pop(), []):
                 desc.append(c)
                 frontier.append(c)
+        rss_sum = _status_kb(me).get("VmRSS", 0)
         for pid in desc:
             cpu, start = stats[pid]
             key = (pid, start)
             self.cpu[key] = max(cpu, self.cpu.get(key, 0.0))
-            try:
-                with open(f"/proc/{pid}/status") as fh:
-                    for line in fh:
-                        if line.startswith("VmHWM:"):
-                            self.hwm_kb[key] = max(self.hwm_kb.get(key, 0), int(line.split()[1]))
-                            break
-            except OSError:
-                pass
+            status = _status_kb(pid)
+            if "VmHWM" in status:
+                self.hwm_kb[key] = max(self.hwm_kb.get(key, 0), status["VmHWM"])
+                self.window_worker_kb = max(self.window_worker_kb, status["VmHWM"])
+            rss_sum += status.get("VmRSS", 0)
+        self.window_sum_kb = max(self.window_sum_kb, rss_sum)
+
+    def start_window(self) -> None:
+        """Start a new per-stage memory window: this process's peak RSS is reset (Linux ``clear_refs``)."""
+        self.window_worker_kb = self.window_sum_kb = 0
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            pass
+
+    def window_mb(self) -> dict[str, float]:
+        """Peak RSS in MB since :meth:`start_window`: main process, largest worker, and all together (sampled)."""
+        self.sample()
+        return {"main": round(_status_kb(os.getpid()).get("VmHWM", 0) / 1024, 1),
+                "largest_worker": round(self.window_worker_kb / 1024, 1),
+                "sum_sampled": round(self.window_sum_kb / 1024, 1)}
 
     def children_cpu(self) -> float:
         self.sample()
@@ -535,13 +551,31 @@ class ProcMonitor:
         return round(max(self.hwm_kb.values(), default=0) / 1024, 1)
 
 
-class Clock:
-    """Wall time, this process's CPU time and the descendants' CPU time of a block."""
+def _status_kb(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/PID/status that we read (VmHWM, VmRSS); empty when the process is gone."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(("VmHWM:", "VmRSS:")):
+                    out[line.split(":")[0]] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
 
-    def __init__(self, monitor: ProcMonitor) -> None:
+
+class Clock:
+    """Wall time, this process's CPU time and the descendants' CPU time of a block (and, with ``memory``,
+    its peak RSS)."""
+
+    def __init__(self, monitor: ProcMonitor, memory: bool = False) -> None:
         self.monitor = monitor
+        self.memory = memory
+        self.peak_mb: dict[str, float] = {}
 
     def __enter__(self) -> Clock:
+        if self.memory:
+            self.monitor.start_window()
         self.c0 = self.monitor.children_cpu()
         self.p0 = time.process_time()
         self.t0 = time.perf_counter()
@@ -552,9 +586,12 @@ class Clock:
         self.main_cpu = time.process_time() - self.p0
         self.child_cpu = self.monitor.children_cpu() - self.c0
         self.cpu = self.main_cpu + self.child_cpu
+        if self.memory:
+            self.peak_mb = self.monitor.window_mb()
 
-    def as_dict(self) -> dict[str, float]:
-        return {"wall_s": self.wall, "cpu_s": self.cpu, "main_cpu_s": self.main_cpu, "workers_cpu_s": self.child_cpu}
+    def as_dict(self) -> dict[str, Any]:
+        return {"wall_s": self.wall, "cpu_s": self.cpu, "main_cpu_s": self.main_cpu, "workers_cpu_s": self.child_cpu,
+                **({"peak_rss_mb": self.peak_mb} if self.memory else {})}
 
 
 def rss_mb(monitor: ProcMonitor | None = None) -> dict[str, float]:
@@ -785,6 +822,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="structures re-imported and re-screened serially for the per-structure worst case")
     ap.add_argument("--no-reference", action="store_true", help="skip the pymatgen reference measurements")
     ap.add_argument("--no-scaling", action="store_true", help="skip the dedup scaling measurements")
+    ap.add_argument("--memory", action="store_true",
+                    help="report the peak RSS of each stage: main process (reset per stage), largest worker, and "
+                         "all processes together (sampled every 0.25 s)")
     args = ap.parse_args(argv)
 
     argv_shown = sys.argv if argv is None else ["bench/bench_structures.py", *argv]
@@ -842,11 +882,11 @@ def _run(args, results, tmp, data_dir, monitor, Catalog, Recipe, SourceSpec, st)
     catalog = Catalog(tmp / "project" / "catalog.sqlite")
     clocks: dict[str, Clock] = {}
     with Clock(monitor) as total:
-        with Clock(monitor) as clocks["import"]:
+        with Clock(monitor, args.memory) as clocks["import"]:
             imp = st.run_import(catalog, recipe, workers=args.workers)
-        with Clock(monitor) as clocks["screen"]:
+        with Clock(monitor, args.memory) as clocks["screen"]:
             scr = st.run_screen(catalog, recipe.screening, workers=args.workers)
-        with Clock(monitor) as clocks["dedup"]:
+        with Clock(monitor, args.memory) as clocks["dedup"]:
             ded = st.run_dedup(catalog, recipe.screening, workers=args.workers)
     funnel = st.funnel(catalog)
     entered = {"import": imp["tasks"], "screen": scr["screened"], "dedup": ded["entered"]}
@@ -873,6 +913,10 @@ def _run(args, results, tmp, data_dir, monitor, Catalog, Recipe, SourceSpec, st)
     for r in funnel:
         if r["reasons"]:
             print(f"  {r['step']} rejects: " + ", ".join(f"{why} ×{k}" for why, k in r["reasons"]))
+    if args.memory:
+        print("peak RSS per stage (MB): " + "; ".join(
+            f"{k} main {c.peak_mb['main']}, largest worker {c.peak_mb['largest_worker']}, all processes "
+            f"{c.peak_mb['sum_sampled']}" for k, c in clocks.items()))
     rss = results["rss_after_pipeline_mb"]
     print(f"peak RSS: main {rss['main']} MB, largest worker {rss['largest_worker']} MB "
           f"(getrusage children: {rss['reaped_children']} MB, sees only reaped children, not fork-server workers)")

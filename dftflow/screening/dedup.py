@@ -65,17 +65,31 @@ def deduplicate(
     buckets: dict[str, list[DedupItem]] = defaultdict(list)
     for item in items:
         buckets[bucket_key(item)].append(item)
-    tol = {"ltol": ltol, "stol": stol, "angle_tol": angle_tol}
     multi = []
     for key, members in buckets.items():
         if len(members) == 1:
             yield key, [[members[0].uid]], None
         else:
-            multi.append((members, tol))
+            multi.append(members)
     # Big buckets first so that the workers finish together.
-    multi.sort(key=lambda t: -len(t[0]))
-    for out in run_tasks(_group_bucket, multi, workers=workers, timeout=timeout, chunk_size=1,
-                         preload=("dftflow.screening.dedup",)):
+    multi.sort(key=lambda m: -len(m))
+    yield from deduplicate_buckets(multi, ltol=ltol, stol=stol, angle_tol=angle_tol, workers=workers,
+                                   timeout=timeout)
+
+
+def deduplicate_buckets(
+    buckets: Iterable[list[DedupItem]], *, ltol: float = 0.2, stol: float = 0.3, angle_tol: float = 5.0,
+    workers: int = 1, timeout: float | None = None,
+) -> Iterator[tuple[str, list[str] | None, str | None]]:
+    """:func:`deduplicate` on buckets already formed (each a list of items sharing one key).
+
+    ``buckets`` is consumed lazily, at most a few buckets per worker ahead, so a
+    generator that loads each bucket's structures only when asked keeps the
+    memory to the buckets in flight, whatever their number.
+    """
+    tol = {"ltol": ltol, "stol": stol, "angle_tol": angle_tol}
+    for out in run_tasks(_group_bucket, ((members, tol) for members in buckets), workers=workers,
+                         timeout=timeout, chunk_size=1, preload=("dftflow.screening.dedup",)):
         key = bucket_key(out.task[0][0])
         if out.error is not None:
             yield key, [[it.uid] for it in out.task[0]], out.error
@@ -97,11 +111,21 @@ def merge_across_buckets(
     by_formula: dict[str, list[DedupItem]] = defaultdict(list)
     for item in representatives:
         by_formula[item.reduced_formula].append(item)
+    tasks = [members for members in by_formula.values() if len({bucket_key(m) for m in members}) > 1]
+    return list(merge_groups(tasks, ltol=ltol, stol=stol, angle_tol=angle_tol, workers=workers, timeout=timeout))
+
+
+def merge_groups(
+    formulas: Iterable[list[DedupItem]], *, ltol: float = 0.2, stol: float = 0.3, angle_tol: float = 5.0,
+    workers: int = 1, timeout: float | None = None,
+) -> Iterator[list[str]]:
+    """:func:`merge_across_buckets` on representatives already grouped by formula, consumed lazily.
+
+    Yields each group with more than one member, preferred first; a formula
+    whose matching fails merges nothing.
+    """
     tol = {"ltol": ltol, "stol": stol, "angle_tol": angle_tol}
-    tasks = [(members, tol) for members in by_formula.values() if len({bucket_key(m) for m in members}) > 1]
-    merged = []
-    for out in run_tasks(_group_bucket, tasks, workers=workers, timeout=timeout, chunk_size=1,
-                         preload=("dftflow.screening.dedup",)):
+    for out in run_tasks(_group_bucket, ((members, tol) for members in formulas), workers=workers,
+                         timeout=timeout, chunk_size=1, preload=("dftflow.screening.dedup",)):
         if out.error is None:
-            merged.extend(g for g in out.result if len(g) > 1)
-    return merged
+            yield from (g for g in out.result if len(g) > 1)

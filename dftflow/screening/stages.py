@@ -19,14 +19,15 @@ from dftflow.config.recipe import Recipe, ScreeningSettings, SelectorSettings
 from dftflow.errors import DftflowError
 from dftflow.parallel import run_tasks
 from dftflow.screening.base import params_hash
-from dftflow.screening.dedup import DedupItem, deduplicate, merge_across_buckets
+from dftflow.screening.dedup import deduplicate_buckets, merge_groups
+from dftflow.screening.dedup_store import PRIORITY, DedupWork, StreamingDigest
 from dftflow.screening.pipeline import ChainTask, build_chain, chain_hash, chain_params
 from dftflow.screening.select import Candidate, select_subset
 from dftflow.sources.discover import ImportTask, discover, run_import_task
 from dftflow.sources.records import Imported
 
 _PRELOAD = ("dftflow.sources.discover", "dftflow.sources.cif", "dftflow.screening.pipeline")
-_PRIORITY = {"icsd": 0, "cod": 1}
+_PRIORITY = PRIORITY  # kept for callers of the old name (bench)
 
 
 class Progress(Protocol):
@@ -104,8 +105,13 @@ def run_import(catalog: Catalog, recipe: Recipe, *, workers: int = 1,
 
 # -- screen -------------------------------------------------------------------
 def run_screen(catalog: Catalog, settings: ScreeningSettings, *, workers: int = 1,
-               progress: Progress | None = None) -> dict[str, Any]:
-    """Run the filter chain on every imported structure that has no complete outcome."""
+               progress: Progress | None = None, page_size: int = 1000) -> dict[str, Any]:
+    """Run the filter chain on every imported structure that has no complete outcome.
+
+    Structures are read ``page_size`` at a time (in uid order) as the workers
+    ask for them, and outcomes written every 500, so memory does not grow with
+    the catalog.
+    """
     progress = progress or NoProgress()
     chain = build_chain(settings)
     names = [f.name for f in chain]
@@ -120,15 +126,11 @@ def run_screen(catalog: Catalog, settings: ScreeningSettings, *, workers: int = 
             db.executemany("INSERT INTO filter_params VALUES(?,?,?)",
                            [(f.name, params_hash(f.params()), json.dumps(f.params(), sort_keys=True))
                             for f in chain])
-    placeholders = ",".join("?" * len(names))
-    complete = {r[0] for r in catalog.db.execute(
-        f"SELECT uid FROM outcomes WHERE filter IN ({placeholders}) AND (status != 'pass' OR filter = ?)",
-        (*names, names[-1]))}
-    rows = [(u, d, fl) for u, d, fl in catalog.db.execute(
-        "SELECT uid, data, flags FROM structures WHERE status='ok' ORDER BY uid") if u not in complete]
-    progress.start("screen", len(rows))
+    pending, skipped = _screen_counts(catalog, names)
+    progress.start("screen", pending)
     task = ChainTask(chain, timeout=settings.timeout_s)
     batch: list[tuple[str, str, str, str, dict[str, Any], str]] = []
+    rows = _unscreened(catalog, names, page_size)
     for out in run_tasks(task, rows, workers=workers, chunk_size=32, preload=_PRELOAD):
         uid = out.task[0]
         if out.error is not None:
@@ -140,9 +142,41 @@ def run_screen(catalog: Catalog, settings: ScreeningSettings, *, workers: int = 
             batch = []
         progress.advance()
     catalog.add_outcomes(batch)
-    summary = {"screened": len(rows), "skipped": len(complete)}
+    summary = {"screened": pending, "skipped": skipped}
     catalog.finish_stage("screen", {"chain": chain_params(chain), "versions": versions()}, summary)
     return summary
+
+
+def _complete(names: list[str]) -> str:
+    """SQL condition: structure ``s`` has a final outcome of this chain (a non-pass, or the last filter's)."""
+    return (f"EXISTS (SELECT 1 FROM outcomes o WHERE o.uid = s.uid AND o.filter IN ({','.join('?' * len(names))}) "
+            "AND (o.status != 'pass' OR o.filter = ?))")
+
+
+def _screen_counts(catalog: Catalog, names: list[str]) -> tuple[int, int]:
+    """(imported structures still to screen, structures with a final outcome)."""
+    args = (*names, names[-1])
+    pending = catalog.db.execute(
+        f"SELECT COUNT(*) FROM structures s WHERE status='ok' AND NOT {_complete(names)}", args).fetchone()[0]
+    done = catalog.db.execute(
+        f"SELECT COUNT(DISTINCT uid) FROM outcomes WHERE filter IN ({','.join('?' * len(names))}) "
+        "AND (status != 'pass' OR filter = ?)", args).fetchone()[0]
+    return pending, done
+
+
+def _unscreened(catalog: Catalog, names: list[str], page_size: int) -> Iterator[tuple[str, str, str]]:
+    """(uid, data, flags) of the structures to screen, in uid order, read ``page_size`` at a time.
+
+    Keyset pagination (``uid > last``): each page is a complete query, so the
+    outcomes written between pages (all for uids already read) never disturb it.
+    """
+    args = (*names, names[-1])
+    sql = f"SELECT uid, data, flags FROM structures s WHERE status='ok' AND NOT {_complete(names)}"
+    page = catalog.db.execute(f"{sql} ORDER BY uid LIMIT ?", (*args, page_size)).fetchall()
+    while page:
+        yield from page
+        last = page[-1][0]
+        page = catalog.db.execute(f"{sql} AND uid > ? ORDER BY uid LIMIT ?", (*args, last, page_size)).fetchall()
 
 
 def _screen_passed(catalog: Catalog) -> Iterator[tuple[str, str, str, str, dict[str, Any]]]:
@@ -154,56 +188,43 @@ def _screen_passed(catalog: Catalog) -> Iterator[tuple[str, str, str, str, dict[
 
 # -- dedup --------------------------------------------------------------------
 def run_dedup(catalog: Catalog, settings: ScreeningSettings, *, workers: int = 1,
-              progress: Progress | None = None) -> dict[str, Any]:
-    """Group screened structures into duplicates; the preferred member of each group passes."""
+              progress: Progress | None = None, page_size: int = 1000) -> dict[str, Any]:
+    """Group screened structures into duplicates; the preferred member of each group passes.
+
+    The working set lives in temporary SQLite tables (:mod:`dftflow.screening.dedup_store`):
+    only the buckets the workers are matching (a few per worker) and pages of
+    ``page_size`` rows are in memory, whatever the number of structures.
+    """
     progress = progress or NoProgress()
     cfg = settings.dedup
-    items = []
-    for uid, data, prov, rformula, sym in _screen_passed(catalog):
-        source = json.loads(prov).get("source", "")
-        items.append(DedupItem(uid, json.loads(data), rformula, int(sym["spacegroup"]),
-                               int(sym["n_primitive"]), _PRIORITY.get(source, 2)))
     params = {"ltol": cfg.ltol, "stol": cfg.stol, "angle_tol": cfg.angle_tol, "enabled": cfg.enabled,
               "pymatgen": versions()["pymatgen"]}
-    digest = params_hash({"params": params, "uids": sorted(i.uid for i in items)})
-    previous = catalog.stage("dedup")
-    if previous is not None and previous["params"].get("digest") == digest:
-        return {**previous["summary"], "skipped": True}
-
-    rows: list[tuple[str, str, str, str, dict[str, Any], str]] = []
-    errors = merged = 0
-    if not cfg.enabled:
-        rows = [(i.uid, "dedup", "pass", "", {"disabled": True}, digest) for i in items]
-    else:
-        progress.start("dedup", len(items))
-        groups: dict[str, tuple[str, list[str], str | None]] = {}  # representative -> (bucket, duplicates, error)
-        for bucket, found, error in deduplicate(items, ltol=cfg.ltol, stol=cfg.stol, angle_tol=cfg.angle_tol,
-                                                workers=workers, timeout=settings.timeout_s * 10):
-            errors += error is not None
-            for group in found or []:
-                groups[group[0]] = (bucket, group[1:], error)
-                progress.advance(len(group))
-        by_uid = {i.uid: i for i in items}
-        for group in merge_across_buckets([by_uid[r] for r in groups], ltol=cfg.ltol, stol=cfg.stol,
-                                          angle_tol=cfg.angle_tol, workers=workers,
-                                          timeout=settings.timeout_s * 10):
-            keep = group[0]
-            for other in group[1:]:
-                _, dups, _ = groups.pop(other)
-                bucket, kept_dups, error = groups[keep]
-                groups[keep] = (bucket, kept_dups + [other, *dups], error)
-                merged += 1
-        for rep, (bucket, dups, error) in groups.items():
-            details: dict[str, Any] = {"bucket": bucket, "duplicates": dups}
-            if error:
-                details["matcher_error"] = error
-            rows.append((rep, "dedup", "pass", "", details, digest))
-            rows.extend((d, "dedup", "fail", "duplicate", {"representative": rep, "bucket": bucket}, digest)
-                        for d in dups)
-    catalog.clear_outcomes("dedup")
-    catalog.add_outcomes(rows)
-    kept = sum(r[2] == "pass" for r in rows)
-    summary = {"entered": len(items), "unique": kept, "duplicates": len(items) - kept,
+    tol = {"ltol": cfg.ltol, "stol": cfg.stol, "angle_tol": cfg.angle_tol}
+    work = DedupWork(catalog.db, page_size)
+    try:
+        streaming = StreamingDigest(params)
+        entered = work.load_items(streaming)
+        digest = streaming.hexdigest()
+        previous = catalog.stage("dedup")
+        if previous is not None and previous["params"].get("digest") == digest:
+            return {**previous["summary"], "skipped": True}
+        errors = merged = 0
+        if cfg.enabled:
+            progress.start("dedup", entered)
+            progress.advance(work.add_singletons())
+            for bucket, found, error in deduplicate_buckets(work.buckets(), **tol, workers=workers,
+                                                            timeout=settings.timeout_s * 10):
+                errors += error is not None
+                work.add_groups(bucket, found or [], error)
+                progress.advance(sum(len(g) for g in found or []))
+            for group in merge_groups(work.formulas(), **tol, workers=workers, timeout=settings.timeout_s * 10):
+                work.merge(group)
+                merged += len(group) - 1
+        work.write_outcomes(digest, enabled=cfg.enabled)
+        kept = work.n_groups() if cfg.enabled else entered
+    finally:
+        work.close()
+    summary = {"entered": entered, "unique": kept, "duplicates": entered - kept,
                "buckets_failed": errors, "merged_across_buckets": merged}
     catalog.finish_stage("dedup", {"digest": digest, **params}, summary)
     return summary
