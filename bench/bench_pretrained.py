@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +66,10 @@ def generated(dataset: Path, split: Path, task: str, seen: set[str], limit: int)
 
 
 def real(paths: list[Path], seen: set[str], known: set[int], max_atoms: int, limit: int) -> list[tuple[str, Any]]:
-    from pymatgen.core import Structure
+    from real_crystals import primitive_cells
 
     out, formulas = [], set()
-    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()
-                   and (f.suffix.lower() == ".cif" or f.name.startswith("POSCAR")))
-    for f in files:
-        try:
-            s = Structure.from_file(f).get_primitive_structure()
-        except Exception as exc:  # a file pymatgen cannot build is reported, not fatal
-            print(f"skip {f}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            continue
+    for f, s in primitive_cells(paths):
         formula = s.composition.reduced_formula
         if (len(s) > max_atoms or not s.is_ordered or formula in seen or formula in formulas
                 or any(site.specie.Z not in known for site in s)):

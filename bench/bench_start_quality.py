@@ -49,19 +49,12 @@ EPSILONS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.0)
 
 
 def crystals(paths: list[Path], max_atoms: int, limit: int) -> list[tuple[str, Any]]:
-    from pymatgen.core import Structure
+    from real_crystals import primitive_cells
 
     from dftflow.gpaw.params import available_setups
 
     out, seen = [], set()
-    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()
-                   and (f.suffix.lower() == ".cif" or f.name.startswith("POSCAR")))
-    for f in files:
-        try:
-            s = Structure.from_file(f).get_primitive_structure()
-        except Exception as exc:  # a file pymatgen cannot build is reported, not fatal
-            print(f"skip {f}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            continue
+    for _, s in primitive_cells(paths):
         formula = s.composition.reduced_formula
         if len(s) > max_atoms or not s.is_ordered or formula in seen or available_setups(
                 [site.specie.symbol for site in s], "PBE"):

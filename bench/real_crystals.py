@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Write CIFs of real crystals (experimental room-temperature lattice constants) for bench_pretrained.py.
+"""Write CIFs of real crystals (experimental room-temperature lattice constants) for bench_pretrained.py;
+:func:`primitive_cells` reads such a pool back for the benchmarks.
 
 Each entry is a well-known crystal with its experimental cell: lattice constants
 and internal parameters as tabulated in R. W. G. Wyckoff, *Crystal Structures*
@@ -12,7 +13,10 @@ written once into ``bench/real_crystals/`` (committed) by::
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 H, Q, T = 0.5, 0.25, 1 / 3
 # name: (space group, species, fractional sites, a, c or None)
@@ -105,6 +109,20 @@ CRYSTALS: dict[str, tuple] = {
     "NiAs": (194, ["Ni", "As"], [(0, 0, 0), (T, 2 * T, Q)], 3.62, 5.03),
     "CuAu": (123, ["Cu", "Au"], [(0, 0, 0), (H, H, H)], 3.96, 3.67),
 }
+
+
+def primitive_cells(paths: list[Path]) -> Iterator[tuple[Path, Any]]:
+    """(file, primitive ordered-or-not structure) for every CIF/POSCAR* under ``paths``, sorted by path;
+    a file pymatgen cannot read is reported on stderr and skipped."""
+    from pymatgen.core import Structure
+
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()
+                   and (f.suffix.lower() == ".cif" or f.name.startswith("POSCAR")))
+    for f in files:
+        try:
+            yield f, Structure.from_file(f).get_primitive_structure()
+        except Exception as exc:  # a file pymatgen cannot build is reported, not fatal
+            print(f"skip {f}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def main() -> None:
