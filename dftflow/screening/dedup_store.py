@@ -76,8 +76,9 @@ class DedupWork:
                               "DROP TABLE IF EXISTS temp.dd_groups;")
 
     @contextmanager
-    def _batch(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN")
+    def _batch(self, mode: str = "DEFERRED") -> Iterator[sqlite3.Connection]:
+        """One transaction; DEFERRED for the temporary tables (no lock on the catalog), IMMEDIATE for outcomes."""
+        self.db.execute(f"BEGIN {mode}")
         try:
             yield self.db
         except BaseException:
@@ -181,8 +182,7 @@ class DedupWork:
 
     def write_outcomes(self, digest: str, *, enabled: bool) -> None:
         """Replace the catalog's dedup outcomes with this run's, in one transaction."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._batch("IMMEDIATE"):
             self.db.execute("DELETE FROM outcomes WHERE filter='dedup'")
             if not enabled:
                 self.db.execute("INSERT INTO outcomes SELECT uid, 'dedup', 'pass', '', ?, ? FROM dd_items",
@@ -199,8 +199,3 @@ class DedupWork:
                         rows.extend((d, "dedup", "fail", "duplicate",
                                      json.dumps({"representative": rep, "bucket": bucket}), digest) for d in dups)
                     self.db.executemany("INSERT INTO outcomes VALUES(?,?,?,?,?,?)", rows)
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
-            self.db.execute("COMMIT")
