@@ -140,3 +140,16 @@ def vasp_double(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return env
 
     return configure
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A one-node SLURM (slurmctld + slurmd + munge on localhost), one per test module."""
+    from tests import slurm_cluster
+
+    why = slurm_cluster.why_unavailable()
+    if why:
+        pytest.skip(why)
+    c = slurm_cluster.start(tmp_path_factory.mktemp("slurm"), cpus=8, max_time_min=30)
+    yield c
+    c.stop()

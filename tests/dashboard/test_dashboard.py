@@ -227,11 +227,6 @@ def dashboard(project):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    b = Browser()
-    yield b
-    b.close()
 
 
 def _cells(browser: Browser, selector: str) -> list[list[str]]:

@@ -19,7 +19,6 @@ import pytest
 
 from dftflow.config.profile import FireworksSettings
 from dftflow.execution.fw_launchpad import open_launchpad
-from tests.dashboard.cdp import Browser
 from tests.dashboard.test_dashboard import Dashboard, _cells
 from tests.execution.test_fireworks import FLOW, cli, si_poscar, write_profile
 
@@ -86,11 +85,6 @@ def fw_dashboard(fw_project):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    b = Browser()
-    yield b
-    b.close()
 
 
 def test_the_api_shows_fireworks_states_and_the_fizzled_reason(fw_project, fw_dashboard) -> None:

@@ -25,7 +25,6 @@ from dftflow.errors import ConfigError, InputError
 from dftflow.execution import fw_engine, fw_project
 from dftflow.execution.fw_launches import FwLauncher, fw_rocket
 from dftflow.execution.fw_launchpad import open_launchpad
-from tests import slurm_cluster
 from tests.conftest import DOUBLE
 from tests.helpers_jobs import record
 from tests.helpers_rocket import vasp_like
@@ -286,16 +285,6 @@ def test_the_offline_rocket_runs_fireworks_own_rocket_and_recovery_completes_it(
 
 
 # -- through SLURM -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    why = slurm_cluster.why_unavailable()
-    if why:
-        pytest.skip(why)
-    c = slurm_cluster.start(tmp_path_factory.mktemp("slurm"), cpus=8, max_time_min=30)
-    yield c
-    c.stop()
 
 
 @pytest.fixture()

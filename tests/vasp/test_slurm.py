@@ -17,21 +17,10 @@ from typer.testing import CliRunner
 
 from dftflow.cli.app import app
 from dftflow.execution.queue import JobQueue
-from tests import slurm_cluster
 
 DOUBLE = Path(__file__).resolve().parents[1] / "vasp_double" / "vasp_std"
 SI = "fixtures/vasp/Si_mp_gga_relax"
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    why = slurm_cluster.why_unavailable()
-    if why:
-        pytest.skip(why)
-    c = slurm_cluster.start(tmp_path_factory.mktemp("slurm"), cpus=8, max_time_min=30)
-    yield c
-    c.stop()
 
 
 @pytest.fixture()
