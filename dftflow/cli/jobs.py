@@ -103,14 +103,27 @@ def _recover(project: Path) -> list[dict]:
         launcher.close()
 
 
-def retry(project: ProjectArg = Path("demo-project"), workers: WorkersOpt = None, json_: JsonOpt = False) -> None:
+ReasonOpt = Annotated[str | None, typer.Option(
+    "--reason", help="Only jobs whose recorded reason contains this text (case-insensitive), e.g. 'lost' or "
+    "'DFT+U'; `dftflow status` lists the reasons.")]
+UidOpt = Annotated[list[str] | None, typer.Option("--uid", help="Only this structure's jobs (repeatable).")]
+
+
+def retry(project: ProjectArg = Path("demo-project"), workers: WorkersOpt = None, reason: ReasonOpt = None,
+          uid: UidOpt = None, json_: JsonOpt = False) -> None:
     """Run failed and lost DFT jobs again (and whatever waited on them).
 
     On a SLURM project the jobs are requeued and new allocations submitted; a
     relaxation continues from the CONTCAR its interrupted attempt left.
+    ``--reason`` and ``--uid`` pick which failures: a cause since fixed, not the
+    SCFs that would fail the same way again.
     """
+    flow_ids = list(uid) if uid else None
     fireworks = _fireworks_profile(project)
     if fireworks is not None:
+        if reason or flow_ids:
+            raise InputError(f"{project}: --reason and --uid are not available on the FireWorks engine yet; "
+                             "rerun single fireworks with FireWorks' `lpad rerun_fws -i FW_ID`")
         from dftflow.execution import fw_project
 
         out = fw_project.retry(project.resolve(), fireworks)
@@ -130,7 +143,7 @@ def retry(project: ProjectArg = Path("demo-project"), workers: WorkersOpt = None
         launcher = Launcher(project, load_profile(settings["profile"]))
         try:
             launcher.recover()
-            requeued = launcher.queue.retry()
+            requeued = launcher.queue.retry(flow_ids=flow_ids, reason=reason)
             launched = launcher.launch()
         finally:
             launcher.close()
@@ -151,7 +164,7 @@ def retry(project: ProjectArg = Path("demo-project"), workers: WorkersOpt = None
     with proj.locked("retry"), RichProgress(enabled=not json_) as progress:
         queue = JobQueue(path)
         queue.detect_lost()
-        requeued = queue.retry()
+        requeued = queue.retry(flow_ids=flow_ids, reason=reason)
         queue.close()
         counts = run_workers(path, proj.root, n_workers, on_tick=_ticker(progress))
     rows = results(proj)

@@ -255,8 +255,14 @@ class JobQueue:
                 lost.append(uuid)
         return lost
 
-    def retry(self, states: Iterable[str] = ("FAILED", "LOST"), flow_ids: Iterable[str] | None = None) -> int:
-        """Put failed/lost jobs back in the queue (their attempts are reset)."""
+    def retry(self, states: Iterable[str] = ("FAILED", "LOST"), flow_ids: Iterable[str] | None = None,
+              reason: str | None = None) -> int:
+        """Put failed/lost jobs back in the queue (their attempts are reset).
+
+        ``flow_ids`` limits it to those structures' jobs, ``reason`` to jobs whose
+        recorded error contains that text (case-insensitive), e.g. only the lost
+        ones or one error class, and not the SCFs that will fail the same way again.
+        """
         states = tuple(states)
         marks = ",".join("?" * len(states))
         query = f"UPDATE jobs SET state='READY', attempts=0, error=NULL WHERE state IN ({marks})"
@@ -265,6 +271,9 @@ class JobQueue:
             ids = list(flow_ids)
             query += f" AND flow_id IN ({','.join('?' * len(ids))})"
             args += ids
+        if reason:
+            query += " AND instr(lower(coalesce(error, '')), ?) > 0"
+            args.append(reason.lower())
         with self._tx() as db:
             n = db.execute(query, args).rowcount
             # parents back in the queue make their waiting children wait for them again

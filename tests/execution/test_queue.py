@@ -71,6 +71,22 @@ def test_failure_is_recorded_and_blocks_only_its_children(tmp_path: Path) -> Non
     assert queue.retry() == 1 and queue.counts()["READY"] == 1
 
 
+def test_retry_picks_failures_by_reason_and_structure(tmp_path: Path) -> None:
+    queue = JobQueue(tmp_path / "jobs.sqlite")
+    queue.add_flow("scf", flow_jobs(Flow([boom("SCF did not converge in 80 iterations")])))
+    queue.add_flow("setup", flow_jobs(Flow([boom("DFT+U correction cannot be scaled")])))
+    queue.add_flow("other", flow_jobs(Flow([boom("DFT+U correction cannot be scaled")])))
+    run_workers(tmp_path / "jobs.sqlite", tmp_path, workers=1)
+    assert queue.counts()["FAILED"] == 3
+    assert queue.retry(reason="no such reason") == 0
+    assert queue.retry(reason="dft+u", flow_ids=["setup"]) == 1  # case-insensitive, and only that structure
+    ready = {j["flow_id"] for j in queue.jobs() if j["state"] == "READY"}
+    assert ready == {"setup"}
+    assert queue.retry(reason="DFT+U") == 1  # the other one; the SCF failure stays
+    still = [j["flow_id"] for j in queue.jobs() if j["state"] == "FAILED"]
+    assert still == ["scf"]
+
+
 def test_a_presumed_dead_worker_cannot_record_twice(tmp_path: Path) -> None:
     queue = JobQueue(tmp_path / "jobs.sqlite")
     queue.add_flow("f", flow_jobs(Flow([record(str(tmp_path / "m"), 1)])))
