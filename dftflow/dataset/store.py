@@ -23,6 +23,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,16 @@ except ImportError:  # pragma: no cover - platforms without ISA-L wheels
 
     def _deflate(raw: bytes) -> bytes:
         return zlib.compress(raw, 1)
+
+
+
+def _encode_chunk(data: np.ndarray, z0: int, depth: int) -> bytes:
+    """The HDF5 chunk of ``data`` (float32) starting at z = ``z0``: byte-shuffled, then deflated (zlib format)."""
+    block = data[..., z0 : z0 + depth]
+    if block.shape[-1] < depth:  # HDF5 stores edge chunks full size
+        block = np.concatenate([block, np.zeros((*block.shape[:-1], depth - block.shape[-1]), np.float32)], axis=-1)
+    return _deflate(np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes())
+
 
 SCHEMA_VERSION = 1
 #: Additions that readers of ``SCHEMA_VERSION`` may ignore (absent attribute: 0). 1: ``augmentation`` attrs;
@@ -140,8 +151,10 @@ class Manifest:
 class ShardWriter:
     """Writes materials into this process's own shard; ``flush`` publishes them."""
 
-    def __init__(self, root: Path, *, max_materials: int = 64, compression: str = "gzip") -> None:
+    def __init__(self, root: Path, *, max_materials: int = 64, compression: str = "gzip", threads: int = 1) -> None:
+        """``threads`` > 1 deflates the chunks of a grid on that many threads (ISA-L releases the GIL)."""
         self.root = Path(root)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate") if threads > 1 else None
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.root)
         self.max_materials = max_materials
@@ -188,13 +201,11 @@ class ShardWriter:
         # directly, because ISA-L deflates several times faster than zlib.
         ds = group.create_dataset(name, shape=data.shape, dtype=np.float32, chunks=chunks, shuffle=True,
                                   compression="gzip", compression_opts=1)
-        for z0 in range(0, data.shape[-1], depth):
-            block = data[..., z0 : z0 + depth]
-            if block.shape[-1] < depth:  # HDF5 stores edge chunks full size
-                block = np.concatenate([block, np.zeros((*block.shape[:-1], depth - block.shape[-1]), np.float32)],
-                                       axis=-1)
-            shuffled = np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes()
-            ds.id.write_direct_chunk((0,) * (data.ndim - 1) + (z0,), _deflate(shuffled))
+        starts = range(0, data.shape[-1], depth)
+        encoded = self._pool.map(lambda z0: _encode_chunk(data, z0, depth), starts) if self._pool is not None \
+            else (_encode_chunk(data, z0, depth) for z0 in starts)
+        for z0, chunk in zip(starts, encoded):
+            ds.id.write_direct_chunk((0,) * (data.ndim - 1) + (z0,), chunk)
         return int(ds.id.get_storage_size())
 
     def write(self, material_id: str, record: dict[str, Any]) -> None:
@@ -256,8 +267,12 @@ class ShardWriter:
         self._rows = []
 
     def close(self) -> None:
-        self.flush()
-        self.manifest.close()
+        try:
+            self.flush()
+        finally:
+            self.manifest.close()
+            if self._pool is not None:
+                self._pool.shutdown()
 
 
 class Dataset:
