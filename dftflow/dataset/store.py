@@ -155,6 +155,8 @@ class ShardWriter:
         """``threads`` > 1 deflates the chunks of a grid on that many threads (ISA-L releases the GIL)."""
         self.root = Path(root)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate") if threads > 1 else None
+        self._grids: list[tuple[h5py.Dataset, list]] = []  # this material's grids being deflated
+        self._pending: list[tuple[dict[str, Any], list]] = []  # (manifest row, grids) not written yet
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.root)
         self.max_materials = max_materials
@@ -201,15 +203,31 @@ class ShardWriter:
         # directly, because ISA-L deflates several times faster than zlib.
         ds = group.create_dataset(name, shape=data.shape, dtype=np.float32, chunks=chunks, shuffle=True,
                                   compression="gzip", compression_opts=1)
-        starts = range(0, data.shape[-1], depth)
-        encoded = self._pool.map(lambda z0: _encode_chunk(data, z0, depth), starts) if self._pool is not None \
-            else (_encode_chunk(data, z0, depth) for z0 in starts)
-        for z0, chunk in zip(starts, encoded):
-            ds.id.write_direct_chunk((0,) * (data.ndim - 1) + (z0,), chunk)
+        offsets = [((0,) * (data.ndim - 1) + (z0,), z0) for z0 in range(0, data.shape[-1], depth)]
+        if self._pool is not None:  # deflated in the background, written by _drain
+            self._grids.append((ds, [(at, self._pool.submit(_encode_chunk, data, z0, depth)) for at, z0 in offsets]))
+            return 0
+        for at, z0 in offsets:
+            ds.id.write_direct_chunk(at, _encode_chunk(data, z0, depth))
         return int(ds.id.get_storage_size())
 
+    def _drain(self) -> None:
+        """Write the chunks deflated in the background, in order, and add their bytes to their rows."""
+        pending, self._pending = self._pending, []
+        for row, grids in pending:
+            for ds, chunks in grids:
+                for at, future in chunks:
+                    ds.id.write_direct_chunk(at, future.result())
+                row["nbytes"] += int(ds.id.get_storage_size())
+
     def write(self, material_id: str, record: dict[str, Any]) -> None:
-        """Add one material (see :func:`dftflow.dataset.harvest.record_from_density` for the record)."""
+        """Add one material (see :func:`dftflow.dataset.harvest.record_from_density` for the record).
+
+        With ``threads`` > 1 its grids are deflated while the caller goes on (reading the next
+        material); their chunks are written at the next ``write`` or ``flush``.
+        """
+        self._drain()
+        self._grids = []
         f = self._open()
         g = f.create_group(f"materials/{material_id}")
         nbytes = self._dataset(g, "total", record["total"])
@@ -243,10 +261,13 @@ class ShardWriter:
         g.attrs["provenance"] = json.dumps(record.get("provenance", {}), default=str)
         g.attrs["settings"] = json.dumps(record.get("settings", {}), default=str)
         g.attrs["units"] = UNITS
-        self._rows.append({"material_id": material_id, "formula": record.get("formula", ""),
-                           "nsites": len(record["numbers"]), "grid": list(np.asarray(record["total"]).shape),
-                           "functional": record.get("functional", ""), "engine": record.get("engine", ""),
-                           "nbytes": nbytes, "source": record.get("source", "")})
+        row = {"material_id": material_id, "formula": record.get("formula", ""), "nsites": len(record["numbers"]),
+               "grid": list(np.asarray(record["total"]).shape), "functional": record.get("functional", ""),
+               "engine": record.get("engine", ""), "nbytes": nbytes, "source": record.get("source", "")}
+        self._rows.append(row)
+        if self._grids:
+            self._pending.append((row, self._grids))
+            self._grids = []
         if len(self._rows) >= self.max_materials:
             self.flush()
 
@@ -254,6 +275,7 @@ class ShardWriter:
         """Close the open shard, move it into place and commit its materials to the manifest."""
         if self._file is None:
             return
+        self._drain()
         self._file.close()
         self._file = None
         partial = self.root / "shards" / (self._name + ".partial")
