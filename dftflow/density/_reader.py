@@ -236,8 +236,9 @@ class Reader:
         values = self._fast_block(n)
         if values is None:
             values = self._careful_block(n, name)
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:  # the careful path has checked that all lines but the last hold per_line values
+        finite = np.isfinite(values)
+        if not finite.all():  # the careful path has checked that all lines but the last hold per_line values
+            bad = np.flatnonzero(~finite)
             raise self.error(
                 f"the {name} holds a non-finite value ({values[bad[0]]}) at grid point {bad[0]}",
                 line=self.line_number(start) + int(bad[0]) // per_line,
