@@ -19,6 +19,8 @@ def harvest(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory (created if missing).")],
     workers: WorkersOpt = None,
     compression: Annotated[str, typer.Option(help="gzip (smaller) or lzf (faster).")] = "gzip",
+    threads: Annotated[int, typer.Option(min=1, help="Threads that deflate the chunks of each grid "
+                                                      "(cores for one large file; gzip only).")] = 1,
     functional: Annotated[str | None, typer.Option(
         help="Label every density of a CHGCAR tree with this functional (PBE, PBE+U, HSE06); "
              "needed where no OUTCAR lies beside the CHGCARs.")] = None,
@@ -47,7 +49,8 @@ def harvest(
                f"PBE or HSE task. Label the tree, e.g. `dftflow harvest DIR --functional PBE --engine vasp`.")
         err_console.print(f"[yellow]warning:[/] {msg}")
     with RichProgress(enabled=not json_) as progress:
-        summary = run(items, out.resolve(), workers=workers or 1, progress=progress, compression=compression)
+        summary = run(items, out.resolve(), workers=workers or 1, progress=progress, compression=compression,
+                      threads=threads)
     summary["unlabelled"] = len(bare)
     if json_:
         print_json(summary)

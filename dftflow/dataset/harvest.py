@@ -261,15 +261,28 @@ def augmentation_meta(density: Any, item: HarvestItem, meta: dict[str, Any]) -> 
     return out
 
 
+def rho32(grid: np.ndarray, volume: float) -> np.ndarray:
+    """``grid / volume`` rounded to float32: the same numbers as ``(grid / volume).astype(np.float32)``.
+
+    Divided in float64 a slice at a time, so no full-size float64 temporary is made.
+    """
+    flat = np.ascontiguousarray(grid).reshape(-1)
+    out = np.empty(flat.size, dtype=np.float32)
+    step = 1 << 16
+    for i in range(0, flat.size, step):
+        out[i : i + step] = flat[i : i + step] / volume
+    return out.reshape(grid.shape)
+
+
 def record_from_density(density: Any, meta: dict[str, Any]) -> dict[str, Any]:
-    """The store's record: rho in e/Å³ (float32 on disk), float64 electron counts, structure, metadata."""
+    """The store's record: rho in e/Å³ (float32, as stored), float64 electron counts, structure, metadata."""
     volume = density.structure.volume
     structure = density.structure
     record = {
         **meta,
-        "total": density.total / volume,
-        "diff": None if density.diff is None else density.diff / volume,
-        "magnetisation": None if density.magnetisation is None else density.magnetisation / volume,
+        "total": rho32(density.total, volume),
+        "diff": None if density.diff is None else rho32(density.diff, volume),
+        "magnetisation": None if density.magnetisation is None else rho32(density.magnetisation, volume),
         "augmentation": density.augmentation,
         "electrons": float(np.sum(density.total, dtype=np.float64) / density.total.size),
         "electrons_diff": None if density.diff is None else float(np.sum(density.diff, dtype=np.float64)
@@ -284,9 +297,13 @@ def record_from_density(density: Any, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def harvest(items: list[HarvestItem], out: Path, *, workers: int = 1, progress: Any = None,
-            shard_size: int = 64, compression: str = "gzip") -> dict[str, Any]:
-    """Store every item not stored yet; quarantine the ones that fail, with their reasons."""
-    writer = ShardWriter(Path(out), max_materials=shard_size, compression=compression)
+            shard_size: int = 64, compression: str = "gzip", threads: int = 1) -> dict[str, Any]:
+    """Store every item not stored yet; quarantine the ones that fail, with their reasons.
+
+    ``workers`` processes read and validate the files; ``threads`` deflate the chunks of each
+    grid in this process (several cores for one large file).
+    """
+    writer = ShardWriter(Path(out), max_materials=shard_size, compression=compression, threads=threads)
     todo = [it for it in items if not writer.manifest.is_done(it.material_id)]
     claimed = [it for it in todo if writer.claim(it.material_id)]
     if progress is not None:

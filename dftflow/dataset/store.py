@@ -23,6 +23,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,16 @@ except ImportError:  # pragma: no cover - platforms without ISA-L wheels
 
     def _deflate(raw: bytes) -> bytes:
         return zlib.compress(raw, 1)
+
+
+
+def _encode_chunk(data: np.ndarray, z0: int, depth: int) -> bytes:
+    """The HDF5 chunk of ``data`` (float32) starting at z = ``z0``: byte-shuffled, then deflated (zlib format)."""
+    block = data[..., z0 : z0 + depth]
+    if block.shape[-1] < depth:  # HDF5 stores edge chunks full size
+        block = np.concatenate([block, np.zeros((*block.shape[:-1], depth - block.shape[-1]), np.float32)], axis=-1)
+    return _deflate(np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes())
+
 
 SCHEMA_VERSION = 1
 #: Additions that readers of ``SCHEMA_VERSION`` may ignore (absent attribute: 0). 1: ``augmentation`` attrs;
@@ -140,8 +151,12 @@ class Manifest:
 class ShardWriter:
     """Writes materials into this process's own shard; ``flush`` publishes them."""
 
-    def __init__(self, root: Path, *, max_materials: int = 64, compression: str = "gzip") -> None:
+    def __init__(self, root: Path, *, max_materials: int = 64, compression: str = "gzip", threads: int = 1) -> None:
+        """``threads`` > 1 deflates the chunks of a grid on that many threads (ISA-L releases the GIL)."""
         self.root = Path(root)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate") if threads > 1 else None
+        self._grids: list[tuple[h5py.Dataset, list]] = []  # this material's grids being deflated
+        self._pending: list[tuple[dict[str, Any], list]] = []  # (manifest row, grids) not written yet
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.root)
         self.max_materials = max_materials
@@ -188,17 +203,31 @@ class ShardWriter:
         # directly, because ISA-L deflates several times faster than zlib.
         ds = group.create_dataset(name, shape=data.shape, dtype=np.float32, chunks=chunks, shuffle=True,
                                   compression="gzip", compression_opts=1)
-        for z0 in range(0, data.shape[-1], depth):
-            block = data[..., z0 : z0 + depth]
-            if block.shape[-1] < depth:  # HDF5 stores edge chunks full size
-                block = np.concatenate([block, np.zeros((*block.shape[:-1], depth - block.shape[-1]), np.float32)],
-                                       axis=-1)
-            shuffled = np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes()
-            ds.id.write_direct_chunk((0,) * (data.ndim - 1) + (z0,), _deflate(shuffled))
+        offsets = [((0,) * (data.ndim - 1) + (z0,), z0) for z0 in range(0, data.shape[-1], depth)]
+        if self._pool is not None:  # deflated in the background, written by _drain
+            self._grids.append((ds, [(at, self._pool.submit(_encode_chunk, data, z0, depth)) for at, z0 in offsets]))
+            return 0
+        for at, z0 in offsets:
+            ds.id.write_direct_chunk(at, _encode_chunk(data, z0, depth))
         return int(ds.id.get_storage_size())
 
+    def _drain(self) -> None:
+        """Write the chunks deflated in the background, in order, and add their bytes to their rows."""
+        pending, self._pending = self._pending, []
+        for row, grids in pending:
+            for ds, chunks in grids:
+                for at, future in chunks:
+                    ds.id.write_direct_chunk(at, future.result())
+                row["nbytes"] += int(ds.id.get_storage_size())
+
     def write(self, material_id: str, record: dict[str, Any]) -> None:
-        """Add one material (see :func:`dftflow.dataset.harvest.record_from_density` for the record)."""
+        """Add one material (see :func:`dftflow.dataset.harvest.record_from_density` for the record).
+
+        With ``threads`` > 1 its grids are deflated while the caller goes on (reading the next
+        material); their chunks are written at the next ``write`` or ``flush``.
+        """
+        self._drain()
+        self._grids = []
         f = self._open()
         g = f.create_group(f"materials/{material_id}")
         nbytes = self._dataset(g, "total", record["total"])
@@ -232,10 +261,13 @@ class ShardWriter:
         g.attrs["provenance"] = json.dumps(record.get("provenance", {}), default=str)
         g.attrs["settings"] = json.dumps(record.get("settings", {}), default=str)
         g.attrs["units"] = UNITS
-        self._rows.append({"material_id": material_id, "formula": record.get("formula", ""),
-                           "nsites": len(record["numbers"]), "grid": list(np.asarray(record["total"]).shape),
-                           "functional": record.get("functional", ""), "engine": record.get("engine", ""),
-                           "nbytes": nbytes, "source": record.get("source", "")})
+        row = {"material_id": material_id, "formula": record.get("formula", ""), "nsites": len(record["numbers"]),
+               "grid": list(np.asarray(record["total"]).shape), "functional": record.get("functional", ""),
+               "engine": record.get("engine", ""), "nbytes": nbytes, "source": record.get("source", "")}
+        self._rows.append(row)
+        if self._grids:
+            self._pending.append((row, self._grids))
+            self._grids = []
         if len(self._rows) >= self.max_materials:
             self.flush()
 
@@ -243,6 +275,7 @@ class ShardWriter:
         """Close the open shard, move it into place and commit its materials to the manifest."""
         if self._file is None:
             return
+        self._drain()
         self._file.close()
         self._file = None
         partial = self.root / "shards" / (self._name + ".partial")
@@ -256,8 +289,12 @@ class ShardWriter:
         self._rows = []
 
     def close(self) -> None:
-        self.flush()
-        self.manifest.close()
+        try:
+            self.flush()
+        finally:
+            self.manifest.close()
+            if self._pool is not None:
+                self._pool.shutdown()
 
 
 class Dataset:

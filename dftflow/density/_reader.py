@@ -236,8 +236,9 @@ class Reader:
         values = self._fast_block(n)
         if values is None:
             values = self._careful_block(n, name)
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:  # the careful path has checked that all lines but the last hold per_line values
+        finite = np.isfinite(values)
+        if not finite.all():  # the careful path has checked that all lines but the last hold per_line values
+            bad = np.flatnonzero(~finite)
             raise self.error(
                 f"the {name} holds a non-finite value ({values[bad[0]]}) at grid point {bad[0]}",
                 line=self.line_number(start) + int(bad[0]) // per_line,
@@ -307,7 +308,42 @@ class Reader:
         if ion != expected + 1 or ion > nsites:
             raise self.error(f"augmentation occupancies for ion {ion} where ion {expected + 1} of {nsites} is due")
         self.advance()
-        what = f"augmentation occupancies of ion {ion} ({_block_name(block_no - 1)})"
+        values = self._plain_occupancies(n)
+        if values is None:
+            what = f"augmentation occupancies of ion {ion} ({_block_name(block_no - 1)})"
+            values = self._careful_occupancies(n, what)
+        if imaginary:
+            if n != blocks[-1].size:
+                raise self.error(f"imaginary part of ion {ion} has {n} values, its real part {blocks[-1].size}")
+            blocks[-1] = blocks[-1] + 1j * values
+        else:
+            blocks.append(values)
+
+    def _plain_occupancies(self, n: int) -> np.ndarray | None:
+        """The usual case in one go: ``n`` finite plain numbers on the lines a full first line implies, or None."""
+        first = self.peek()
+        per_line = len(first.split()) if first is not None else 0
+        if per_line == 0:
+            return None
+        end = self.pos - 1
+        for _ in range(-(-n // per_line)):
+            end = self.buf.find(b"\n", end + 1)
+            if end < 0:
+                return None
+        tokens = self.buf[self.pos : end].split()
+        if len(tokens) != n:
+            return None
+        try:
+            values = np.array(tokens, dtype=np.float64)
+        except ValueError:  # a header, a mis-split exponent or garbage: read line by line
+            return None
+        if not np.isfinite(values).all():
+            return None
+        self.pos = end + 1
+        return values
+
+    def _careful_occupancies(self, n: int, what: str) -> np.ndarray:
+        """Line by line: reads mis-split exponents, names what is missing, extra or unreadable."""
         lines: list[tuple[int, list[bytes]]] = []  # (line start, tokens)
         count = 0
         while count < n:
@@ -328,12 +364,7 @@ class Reader:
             values = np.array(
                 [self._token(t, tokens, pos, f"a finite number in the {what}") for pos, tokens in lines for t in tokens]
             )
-        if imaginary:
-            if n != blocks[-1].size:
-                raise self.error(f"imaginary part of ion {ion} has {n} values, its real part {blocks[-1].size}")
-            blocks[-1] = blocks[-1] + 1j * values
-        else:
-            blocks.append(values)
+        return values
 
     def _check_augmentation(self, augmentation: list[list[np.ndarray]], nsites: int) -> None:
         if not any(augmentation):

@@ -169,10 +169,40 @@ def test_a_bare_chgcar_tree_is_labelled_at_harvest(shared: Path, tmp_path: Path)
     assert json.loads(res.stdout)["unlabelled"] == 1
 
     res = CliRunner().invoke(app, ["harvest", str(root), "--out", str(tmp_path / "labelled"), "--functional", "PBE",
-                                   "--engine", "vasp", "--json"])
+                                   "--engine", "vasp", "--threads", "2", "--json"])
     assert res.exit_code == 0, res.output
     assert "no OUTCAR" not in res.stderr and json.loads(res.stdout)["unlabelled"] == 0
     rec = Dataset(tmp_path / "labelled").read("bare|Li")
     assert rec["functional"] == "PBE" and rec["engine"] == "vasp"
     bad = CliRunner().invoke(app, ["harvest", str(root), "--out", str(tmp_path / "x"), "--engine", "abinit"])
     assert bad.exit_code != 0 and "expected vasp or gpaw" in str(bad.exception or bad.output)
+
+
+def test_rho32_is_the_float32_of_the_float64_quotient() -> None:
+    from dftflow.dataset.harvest import rho32
+
+    rng = np.random.default_rng(3)
+    for shape in [(70, 40, 30), (3, 17, 11, 13), (1, 1, 1)]:
+        grid = rng.lognormal(0, 3, shape) * rng.choice([-1, 1], shape)
+        volume = float(rng.uniform(10, 500))
+        got = rho32(grid, volume)
+        assert got.dtype == np.float32 and got.shape == shape
+        assert np.array_equal(got.view(np.uint32), (grid / volume).astype(np.float32).view(np.uint32))
+    fortran = np.asfortranarray(rng.random((9, 8, 7)))
+    assert np.array_equal(rho32(fortran, 2.5), (fortran / 2.5).astype(np.float32))
+
+
+def test_threads_store_the_same_dataset(tree: Path, tmp_path: Path) -> None:
+    items = list(from_directory(tree))
+    for threads in (1, 2):
+        assert harvest(items, tmp_path / f"t{threads}", threads=threads)["stored"] == 3
+    one, two = Dataset(tmp_path / "t1"), Dataset(tmp_path / "t2")
+    for mid in one.ids():
+        a, b = one.read(mid), two.read(mid)
+        for name in ("total", "diff"):
+            assert (name in a) == (name in b)
+            if name in a:
+                assert np.array_equal(a[name], b[name])
+        assert a["electrons"] == b["electrons"]
+    one.close()
+    two.close()

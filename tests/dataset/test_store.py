@@ -107,3 +107,33 @@ def test_not_a_dataset(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="not a dftflow dataset"):
         Dataset(tmp_path)
+
+
+def test_deflate_threads_write_the_same_chunks(tmp_path: Path) -> None:
+    # 40 z-planes of 64x64 floats: 32 planes a chunk, so two chunks, the last one padded
+    recs = {"m0": record(0, grid=(64, 64, 40)), "m1": record(1, grid=(5, 7, 3))}
+    chunks, nbytes = {}, {}
+    for threads in (1, 3):
+        root = tmp_path / f"t{threads}"
+        w = ShardWriter(root, threads=threads)
+        for mid, rec in recs.items():
+            assert w.claim(mid)
+            w.write(mid, rec)
+        w.close()
+        (shard,) = (root / "shards").glob("*.h5")
+        with h5py.File(shard) as f:
+            for mid in recs:
+                for name in ("total", "diff"):
+                    dset = f[f"materials/{mid}/{name}"]
+                    n = -(-dset.shape[-1] // dset.chunks[-1])
+                    assert dset.id.get_num_chunks() == n
+                    chunks[threads, mid, name] = [dset.id.read_direct_chunk((0, 0, k * dset.chunks[-1]))
+                                                  for k in range(n)]
+                    np.testing.assert_array_equal(dset[()], recs[mid][name].astype(np.float32))
+        manifest = Manifest(root)
+        nbytes[threads] = dict(manifest.db.execute("SELECT material_id, nbytes FROM materials"))
+        manifest.close()
+    assert len(chunks[1, "m0", "total"]) == 2
+    for (_, mid, name), value in chunks.items():
+        assert value == chunks[1, mid, name]
+    assert nbytes[3] == nbytes[1] and nbytes[1]["m0"] > 2 * 64 * 64 * 40  # total and diff, deflated

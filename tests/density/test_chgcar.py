@@ -364,3 +364,50 @@ def test_fortran_formats():
     assert parse_token("1.0D+02") == 100.0 and parse_token("0.1E+0x") is None
     with pytest.raises(ValueError, match="three-digit exponent"):
         format_fortran(np.array([1e120]), width=15, digits=7, per_line=5)
+
+
+_LI_AUG = (b"  0.2753636E+00 -0.3331354E-01  0.0000000E+00  0.0000000E+00  0.0000000E+00\n"
+           b"  0.1027381E-02  0.0000000E+00  0.0000000E+00  0.0000000E+00  0.4070687E-01\n"
+           b"  0.7248414E-04 -0.8899631E-04 -0.4475686E-04  0.1257305E-03 -0.2554096E-04\n")
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        pytest.param(lambda tokens: [tokens[i : i + 3] for i in range(0, 15, 3)], id="3-per-line"),
+        pytest.param(lambda tokens: [tokens[:5], tokens[5:7], tokens[7:]], id="ragged"),
+        pytest.param(lambda tokens: [tokens[:5], [], tokens[5:10], tokens[10:]], id="blank-line"),
+    ],
+)
+def test_occupancies_in_another_line_layout_read_the_same(shared, tmp_path, layout):
+    # The one-go read of the occupancies assumes the lines a full first line implies; any other
+    # layout must give the same numbers through the line-by-line reader.
+    text = _text(shared, "Li_spin")
+    assert text.count(_LI_AUG) == 1
+    relaid = b"".join(b"  " + b"  ".join(line) + b"\n" for line in layout(_LI_AUG.split()))
+    density = read_chgcar(_plain(shared, "Li_spin", tmp_path, text.replace(_LI_AUG, relaid)))
+    original = read_chgcar(shared / FIXTURES["Li_spin"])
+    assert np.array_equal(density.augmentation["total"][0], original.augmentation["total"][0])
+    assert np.array_equal(density.total, original.total) and np.array_equal(density.diff, original.diff)
+
+
+_LI_LAST = b" -0.1474442E-04  0.1810340E-04  0.9104335E-05 -0.2557553E-04  0.5195503E-05\n"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (_LI_AUG, _LI_AUG.replace(b" -0.2554096E-04\n", b" -0.2554096E-04  0.1E+01\n"),
+         "augmentation occupancies of ion 1 (total density block) hold more than the 15 values"),
+        (_LI_LAST, _LI_LAST.replace(b"  0.5195503E-05\n", b"\n"),
+         "augmentation occupancies of ion 1 (magnetisation block) stop after 14 of 15 values"),
+        (_LI_AUG, _LI_AUG.replace(b"  0.1027381E-02", b"            inf"),
+         "cannot read 'inf' as a finite number in the augmentation occupancies of ion 1"),
+        (_LI_AUG, _LI_AUG.replace(b"  0.1027381E-02", b"  0.1027381E+0x"),
+         "line 22133: cannot read '0.1027381E+0x'"),
+    ],
+)
+def test_bad_occupancies_are_refused_with_their_line(shared, tmp_path, old, new, expected):
+    text = _text(shared, "Li_spin")
+    assert text.count(old) == 1
+    assert expected in _error(_plain(shared, "Li_spin", tmp_path, text.replace(old, new)))
