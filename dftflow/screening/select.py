@@ -10,6 +10,8 @@ seeded random subset of the same size, so the gain is visible.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,7 @@ class Selection:
     tv_distance_random: float
     uncovered_elements: list[str] = field(default_factory=list)
     uncovered_systems: list[str] = field(default_factory=list)
+    pool: int = 0  # candidates offered, eligible or not
 
     def summary(self) -> dict[str, Any]:
         return {"size": len(self.uids), "eligible": self.eligible,
@@ -57,25 +60,35 @@ def tv_distance(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def select_subset(
-    pool: list[Candidate], *, size: int, max_atoms: int | None = 19, max_elements: int | None = 3,
+    pool: Iterable[Candidate], *, size: int, max_atoms: int | None = 19, max_elements: int | None = 3,
     cover_elements: bool = True, cover_crystal_systems: bool = True, seed: int = 0,
     batch: int = 4096,
 ) -> Selection:
-    """Pick ``size`` uids from ``pool``; deterministic for a given pool order and seed."""
+    """Pick ``size`` uids from ``pool``; deterministic for a given pool order and seed.
+
+    ``pool`` is read once (it may be a stream from the catalog): only the
+    eligible candidates and the element counts of the whole pool are kept.
+    """
     rng = np.random.default_rng(seed)
-    eligible = [c for c in pool
-                if (max_atoms is None or c.nsites <= max_atoms)
-                and (max_elements is None or len(c.elements) <= max_elements)]
+    eligible = []
+    occurrences: Counter[str] = Counter()
+    offered = 0
+    for c in pool:
+        offered += 1
+        occurrences.update(c.elements)
+        if (max_atoms is None or c.nsites <= max_atoms) and (max_elements is None or len(c.elements) <= max_elements):
+            eligible.append(c)
     eligible.sort(key=lambda c: c.uid)
-    vocab = sorted({e for c in pool for e in c.elements})
+    vocab = sorted(occurrences)
     if not eligible or not vocab:
-        return Selection([], len(eligible), 1.0, 1.0)
+        return Selection([], len(eligible), 1.0, 1.0, pool=offered)
     size = min(size, len(eligible))
     index = {e: i for i, e in enumerate(vocab)}
     onehot = np.zeros((len(eligible), len(vocab)))
     for i, c in enumerate(eligible):
         onehot[i, [index[e] for e in c.elements]] = 1.0
-    target = element_distribution(pool, vocab)
+    counts_all = np.array([occurrences[e] for e in vocab], dtype=float)
+    target = counts_all / counts_all.sum()  # element_distribution of the whole pool
 
     chosen: list[int] = []
     taken = np.zeros(len(eligible), dtype=bool)
@@ -130,4 +143,5 @@ def select_subset(
         tv_distance_random=tv_distance(element_distribution(random_subset, vocab), target),
         uncovered_elements=sorted({e for c in eligible for e in c.elements} - covered_el) if cover_elements else [],
         uncovered_systems=sorted({c.crystal_system for c in eligible} - covered_cs) if cover_crystal_systems else [],
+        pool=offered,
     )

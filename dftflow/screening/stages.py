@@ -231,28 +231,28 @@ def run_dedup(catalog: Catalog, settings: ScreeningSettings, *, workers: int = 1
 
 
 # -- select -------------------------------------------------------------------
-def pool(catalog: Catalog) -> list[Candidate]:
-    """Unique screened structures as selection candidates."""
-    unique = {u for u, s in catalog.db.execute(
-        "SELECT uid, status FROM outcomes WHERE filter='dedup'") if s == "pass"}
-    out = []
-    for uid, _, _, _, sym in _screen_passed(catalog):
-        if uid in unique:
-            row = catalog.get(uid)
-            out.append(Candidate(uid, frozenset(json.loads(row["elements"])), row["nsites"], sym["crystal_system"]))
-    return out
+def pool(catalog: Catalog) -> Iterator[Candidate]:
+    """Unique screened structures as selection candidates, in uid order, read from one cursor."""
+    for uid, elements, nsites, sym in catalog.db.execute(
+            "SELECT s.uid, s.elements, s.nsites, o.details FROM structures s "
+            "JOIN outcomes o ON o.uid = s.uid AND o.filter='symmetry' AND o.status='pass' "
+            "JOIN outcomes d ON d.uid = s.uid AND d.filter='dedup' AND d.status='pass' ORDER BY s.uid"):
+        yield Candidate(uid, frozenset(json.loads(elements)), nsites, json.loads(sym)["crystal_system"])
 
 
 def run_select(catalog: Catalog, selection: dict[str, SelectorSettings]) -> dict[str, Any]:
-    """Compute every named subset of the recipe (deterministic, so simply recomputed)."""
-    candidates = pool(catalog)
+    """Compute every named subset of the recipe (deterministic, so simply recomputed).
+
+    The pool is streamed from the catalog once per subset; only its eligible
+    structures (few sites, few elements) are held while the subset is chosen.
+    """
     summary = {}
     for name, cfg in selection.items():
-        result = select_subset(candidates, size=cfg.size, max_atoms=cfg.max_atoms,
+        result = select_subset(pool(catalog), size=cfg.size, max_atoms=cfg.max_atoms,
                                max_elements=cfg.max_elements, cover_elements=cfg.cover_elements,
                                cover_crystal_systems=cfg.cover_crystal_systems, seed=cfg.seed)
         catalog.set_selection(name, result.uids)
-        summary[name] = {**result.summary(), "pool": len(candidates), "settings": cfg.model_dump()}
+        summary[name] = {**result.summary(), "pool": result.pool, "settings": cfg.model_dump()}
     catalog.finish_stage("select", {"selection": {k: v.model_dump() for k, v in selection.items()}}, summary)
     return summary
 
@@ -263,24 +263,39 @@ def _top(reasons: Iterable[str | None], n: int = 3) -> list[tuple[str, int]]:
     return short.most_common(n)
 
 
+def _step(step: str, rows: Iterable[tuple[str, str | None]], ok: str, bad: str, *,
+          undetermined: bool) -> dict[str, Any]:
+    """Counts of one funnel step from ``(status, reason)`` rows, consumed one at a time.
+
+    The reasons counted are those of every row that did not pass when the step
+    has an ``undetermined`` outcome (filters), else of the ``bad`` rows (import).
+    """
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()  # ties keep first-seen order (Counter.most_common)
+    for status, reason in rows:
+        counts[status] += 1
+        if status == bad or (undetermined and status != ok):
+            reasons[(reason or "?")[:80]] += 1
+    return {"step": step, "entered": sum(counts.values()), "passed": counts[ok], "failed": counts[bad],
+            "undetermined": counts["undetermined"] if undetermined else 0, "reasons": reasons.most_common(3)}
+
+
 def funnel(catalog: Catalog) -> list[dict[str, Any]]:
-    """How many structures entered and left each step, with the most common reasons."""
-    rows = []
-    imp = list(catalog.db.execute("SELECT status, reason FROM structures"))
-    rows.append({"step": "import", "entered": len(imp), "passed": sum(s == "ok" for s, _ in imp),
-                 "failed": sum(s == "failed" for s, _ in imp), "undetermined": 0,
-                 "reasons": _top(r for s, r in imp if s == "failed")})
+    """How many structures entered and left each step, with the most common reasons.
+
+    Each step is counted while its rows stream from the catalog: memory grows
+    with the number of distinct rejection reasons, not of structures.
+    """
+    rows = [_step("import", catalog.db.execute("SELECT status, reason FROM structures"), "ok", "failed",
+                  undetermined=False)]
     params = catalog.filter_params()
     order = [*params.keys()]
     # filter_params is written in chain order; dedup comes last.
     for name in [*order, "dedup"]:
-        outs = list(catalog.db.execute("SELECT status, reason FROM outcomes WHERE filter=?", (name,)))
-        if not outs:
-            continue
-        rows.append({"step": name, "entered": len(outs), "passed": sum(s == "pass" for s, _ in outs),
-                     "failed": sum(s == "fail" for s, _ in outs),
-                     "undetermined": sum(s == "undetermined" for s, _ in outs),
-                     "reasons": _top(r for s, r in outs if s != "pass")})
+        step = _step(name, catalog.db.execute("SELECT status, reason FROM outcomes WHERE filter=?", (name,)),
+                     "pass", "fail", undetermined=True)
+        if step["entered"]:
+            rows.append(step)
     for (name,) in catalog.db.execute("SELECT DISTINCT name FROM selections ORDER BY name"):
         n = len(catalog.selection(name))
         stage = catalog.stage("select") or {"summary": {}}

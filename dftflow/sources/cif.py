@@ -15,8 +15,9 @@ import warnings
 from typing import Any
 
 from pymatgen.core import Composition, DummySpecies, Element
-from pymatgen.io.cif import CifBlock, CifFile, CifParser
+from pymatgen.io.cif import CifBlock, CifFile
 
+from dftflow.sources.cif_expand import ExpandingCifParser
 from dftflow.sources.records import Imported, check_geometry, pack
 
 _ID_TAGS = {
@@ -268,7 +269,7 @@ def _parse_block(block: CifBlock, uid: str, provenance: dict[str, Any]) -> Impor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            parser = CifParser.from_str(str(block), occupancy_tolerance=1.0, site_tolerance=1e-4)
+            parser = ExpandingCifParser.from_str(str(block), occupancy_tolerance=1.0, site_tolerance=1e-4)
             structures = parser.parse_structures(primitive=False, check_occu=False, on_error="raise")
         except Exception as exc:
             reason = str(exc).strip().splitlines()

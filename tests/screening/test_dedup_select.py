@@ -114,6 +114,20 @@ def test_selection_is_reproducible_and_seeded() -> None:
     assert a.uids == b.uids  # independent of the order the pool comes in
 
 
+def test_selection_from_a_stream_is_the_selection_from_the_list() -> None:
+    """select_subset reads its pool once (a catalog cursor); the result is that of the whole list."""
+    pool = make_pool(1500, seed=11)
+    a = select_subset(pool, size=60, seed=2, batch=256)
+    b = select_subset(iter(pool), size=60, seed=2, batch=256)
+    assert (a.uids, a.eligible, a.tv_distance, a.tv_distance_random, a.pool) == \
+        (b.uids, b.eligible, b.tv_distance, b.tv_distance_random, b.pool)
+    vocab = sorted({e for c in pool for e in c.elements})
+    chosen = {u: c for c in pool for u in [c.uid]}
+    target = element_distribution(pool, vocab)  # exactly the distribution counted on the fly
+    assert b.tv_distance == tv_distance(element_distribution([chosen[u] for u in b.uids], vocab), target)
+    assert b.pool == len(pool)
+
+
 def test_selection_smaller_pool_than_size() -> None:
     pool = make_pool(10)
     sel = select_subset(pool, size=1000, max_atoms=None, max_elements=None)

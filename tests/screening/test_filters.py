@@ -51,6 +51,35 @@ def test_oxidation_labels_are_stripped() -> None:
     assert ElectroneutralityFilter().check(labelled, []).status == "pass"
 
 
+def test_cached_outcomes_are_smacts_for_each_composition_and_setting() -> None:
+    """Outcomes are cached per integer composition and setting: never shared across either."""
+    import warnings
+
+    from smact.screening import smact_validity
+
+    from dftflow.screening.charge import _decide
+
+    _decide.cache_clear()
+    cells = [cell_of(["Fe"] * 3 + ["O"] * 4), cell_of(["O"] * 4 + ["Fe"] * 3), cell_of(["Fe"] * 6 + ["O"] * 8),
+             cell_of(["Na", "Cl", "Cl"]), cell_of(["Mg", "Al", "Al", "O", "O", "O", "O"]),
+             cell_of(["Cs", "Sn", "I", "I", "I"]), cell_of(["Ti", "O", "O", "O"])]
+    for mixed in (True, False, True):
+        f = ElectroneutralityFilter(mixed_valence=mixed)
+        for s in cells:
+            first, again = f.check(s, []), f.check(s, [])
+            assert first == again and first.details is not again.details
+            comp = integer_composition(s)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expected = smact_validity(comp, use_pauling_test=True, include_alloys=True,
+                                          oxidation_states_set=None, mixed_valence=mixed)
+            assert (first.status == "pass") == expected, (comp, mixed)
+            assert first.details["composition"] == comp.formula.replace(" ", "")
+            first.details["composition"] = "changed"  # a caller's edit never reaches the cache
+            assert f.check(s, []).details["composition"] == comp.formula.replace(" ", "")
+    assert _decide.cache_info().hits > 0
+
+
 @pytest.mark.parametrize("states_set", ["icsd24", "smact14"])
 def test_ten_element_high_entropy_composition_returns_within_a_second(states_set: str) -> None:
     hea = cell_of(["V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Mo", "W"] + ["O"] * 13, a=20)

@@ -184,3 +184,31 @@ def test_dedup_streams_one_bucket_at_a_time(tmp_path: Path) -> None:
     assert got["real:NaCl-conv"] == ("fail", "real:NaCl-prim")  # icsd preferred
     assert got["real:NaCl-distorted"] == ("fail", "real:NaCl-prim")  # merged across buckets
     assert summary["unique"] == 400 + 4
+
+
+def test_funnel_counts_while_streaming(tmp_path: Path) -> None:
+    """funnel() holds the distinct reasons, not the rows: 60,000 outcomes in well under a megabyte."""
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    catalog.add_imported("task", [Imported(f"bad:{i}", {"source": "gen"}, error=f"reason {i % 3}")
+                                  for i in range(30)])
+    n = 60_000
+    # statuses and reasons with distinct counts, so the top-3 order is fixed
+    rows = [(f"gen:{i:06d}", "order", s, r, "{}", "h") for i, (s, r) in enumerate(
+        [("fail", "partial occupancy")] * 7 + [("fail", "implicit hydrogens")] * 5
+        + [("undetermined", "spglib failed")] * 3 + [("pass", "")] * 85)
+        for _ in range(n // 100)]
+    rows = [(f"gen:{i:06d}", *r[1:]) for i, r in enumerate(rows)]
+    with catalog.transaction() as db:
+        db.executemany("INSERT INTO outcomes VALUES(?,?,?,?,?,?)", rows)
+        db.execute("INSERT INTO filter_params VALUES('order', 'h', '{}')")
+    listed = sum(len(r[0]) + len(r[2]) + len(r[3]) + 150 for r in rows)  # what a list of the rows takes, at least
+    del rows
+    result, peak = traced_peak(lambda: st.funnel(catalog))
+    steps = {r["step"]: r for r in result}
+    assert steps["import"] == {"step": "import", "entered": 30, "passed": 0, "failed": 30, "undetermined": 0,
+                               "reasons": [("reason 0", 10), ("reason 1", 10), ("reason 2", 10)]}
+    assert steps["order"] == {"step": "order", "entered": n, "passed": n * 85 // 100, "failed": n * 12 // 100,
+                              "undetermined": n * 3 // 100,
+                              "reasons": [("partial occupancy", n * 7 // 100), ("implicit hydrogens", n * 5 // 100),
+                                          ("spglib failed", n * 3 // 100)]}
+    assert peak < 1_000_000 < listed, (peak, listed)
