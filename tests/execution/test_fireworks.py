@@ -379,6 +379,21 @@ def test_evaluations_refuse_the_fireworks_engine(tmp_path: Path, what: str) -> N
     assert not (tmp_path / "submit.json").exists()
 
 
+def test_an_injected_vasp_error_is_corrected_by_custodian_inside_the_offline_rocket(on_slurm, tmp_path: Path) -> None:
+    on_slurm["double"](inject={"GGA_Relax_1": {"stdout": "Tetrahedron method fails for NKPT<4", "times": 1,
+                                               "allow": ["ISMEAR", "SIGMA"]}})
+    project, profile = on_slurm["project"], on_slurm["profile"]
+    cli("submit", str(on_slurm["poscar"]), "-p", str(project), "--profile", str(profile), *FLOW)
+    status = run_to_the_end(project, profile)
+    assert status["counts"]["COMPLETED"] == 2 and status["failures"] == [], status
+    relax = next(j for j in status["jobs"] if j["job"] == "relax")
+    assert relax["attempts"] == 1  # corrected inside the one launch, not by a FireWorks rerun
+    handled = [c for run in relax["output"]["corrections"] for c in (run if isinstance(run, list) else [run])]
+    assert any("tet" in json.dumps(c) for c in handled), relax["output"]["corrections"]
+    assert "ISMEAR = 0" in (Path(relax["output"]["dir"]) / "INCAR").read_text()  # custodian's fix, rerun with it
+    assert (tmp_path / "double-state" / "GGA_Relax_1.runs").read_text() == "2"
+
+
 def test_a_job_killed_at_the_walltime_fizzles_with_timeout_and_retry_completes_it(on_slurm, tmp_path: Path) -> None:
     """A 1-minute allocation whose "VASP" ignores the STOPCAR: SLURM kills it (TIMEOUT), retry continues it."""
     project = on_slurm["project"]
@@ -468,6 +483,29 @@ def run_embedded(project: Path, uid: str, names: tuple[str, ...]) -> None:
         queue.release_claims("test-allocation", "AUTO")
     finally:
         queue.close()
+
+
+def test_fw_migrate_refuses_a_project_with_jobs_still_running_and_changes_nothing(shared: Path,
+                                                                                 tmp_path: Path) -> None:
+    from dftflow.execution.queue import JobQueue
+
+    project = tmp_path / "project"
+    profile = write_profile(tmp_path / "profile.yaml")
+    res = CliRunner().invoke(app, ["fw-migrate", "-p", str(project), "--profile", str(profile)])
+    assert isinstance(res.exception, InputError) and "jobs.sqlite: not found" in str(res.exception)
+    embedded = tmp_path / "embedded.yaml"
+    embedded.write_text(yaml.safe_dump({**yaml.safe_load(profile.read_text()), "engine": "embedded",
+                                        "store": {"type": "file"}}))
+    poscar = si_poscar(shared, tmp_path / "Si.vasp")
+    cli("submit", str(poscar), "-p", str(project), "--profile", str(embedded), *FLOW, "--dry-run")
+    queue = JobQueue(project / "jobs.sqlite")
+    queue.claim_flows(["Si"], "an-allocation")  # held by an allocation that has not ended
+    queue.close()
+    res = CliRunner().invoke(app, ["fw-migrate", "-p", str(project), "--profile", str(profile)])
+    assert isinstance(res.exception, InputError), res.output
+    assert "jobs of 1 workflow(s) are still RUNNING in embedded allocations (Si)" in str(res.exception)
+    assert not (project / "launchpad.json").exists() and not (project / "outputs").exists()
+    assert json.loads((project / "submit.json").read_text())["engine"] == "embedded"
 
 
 def test_an_embedded_project_moves_onto_the_launchpad_keeping_what_it_completed(on_slurm, tmp_path: Path) -> None:
