@@ -29,7 +29,7 @@ def harvest(
     json_: JsonOpt = False,
 ) -> None:
     """Harvest charge densities into an HDF5 dataset (resumable; bad files are quarantined)."""
-    from dftflow.dataset.harvest import from_directory, from_project, unlabelled
+    from dftflow.dataset.harvest import from_directory, from_project, is_project, unlabelled
     from dftflow.dataset.harvest import harvest as run
 
     if engine is not None and engine.lower() not in ("vasp", "gpaw"):
@@ -39,7 +39,7 @@ def harvest(
     for src in sources:
         if not src.exists():
             raise InputError(f"{src}: no such directory")
-        items += list(from_project(src.resolve())) if (src / "jobs.sqlite").exists() \
+        items += list(from_project(src.resolve())) if is_project(src) \
             else list(from_directory(src.resolve(), labels=labels))
     bare = unlabelled(items)
     if bare:

@@ -131,3 +131,26 @@ def fw_rocket(launch_dir: Annotated[Path, typer.Argument(help="Launch directory 
 
     fizzled = run(launch_dir)
     raise typer.Exit(0 if fizzled == 0 else 3)
+
+
+def fw_migrate(
+    project: ProjectOpt = Path("vasp-project"),
+    profile: Annotated[str, typer.Option(help="Cluster profile with engine: fireworks (name or YAML path).")] = (
+        "slurm-fireworks"),
+    json_: JsonOpt = False,
+) -> None:
+    """Move a project of the embedded engine onto a FireWorks LaunchPad (run it again: adds nothing).
+
+    What has not run is queued on the LaunchPad; completed jobs keep their results
+    (shown by status, read by harvest). Then `dftflow submit -p PROJECT --profile PROFILE`
+    launches the rest.
+    """
+    from dftflow.execution.fw_migrate import migrate
+
+    out = migrate(project, profile)
+    if json_:
+        print_json(out)
+        return
+    console.print(f"{project}: {out['workflows_added']} of {out['workflows']} workflow(s) added to the LaunchPad, "
+                  f"{out['completed_from_embedded']} job(s) completed from jobs.sqlite, {out['to_run']} to run "
+                  f"(`dftflow submit -p {project} --profile {profile}`)")

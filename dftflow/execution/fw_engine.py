@@ -47,7 +47,7 @@ def outputs_file(root: Path, uid: str) -> Path:
     return Path(root).resolve() / "outputs" / f"{safe}.json"
 
 
-def _job_store(root: Path, uid: str) -> Any:
+def job_store(root: Path, uid: str) -> Any:
     from jobflow import JobStore
 
     from dftflow.execution.fw_store import AtomicJSONStore
@@ -64,7 +64,7 @@ def to_workflow(flow: Any, root: Path, uid: str) -> Any:
     from jobflow.managers.fireworks import flow_to_workflow
 
     key = project_key(root)
-    wf = flow_to_workflow(flow, _job_store(root, uid), name=uid,
+    wf = flow_to_workflow(flow, job_store(root, uid), name=uid,
                           metadata={"dftflow_key": f"{key}|{uid}", "dftflow_project": key, "dftflow_uid": uid})
     for fw in wf.fws:
         job = fw.tasks[0]["job"]

@@ -54,3 +54,9 @@ def retry(root: Path, profile: ClusterProfile, *, env: dict[str, str] | None = N
         requeued = fw_engine.retry(lp, root)
         launched = launcher.launch()
     return {"requeued": requeued, "launched": launched}
+
+
+def jobs(root: Path, profile: ClusterProfile) -> list[dict[str, Any]]:
+    """The rows of ``status`` as the LaunchPad has them now, without asking SLURM (``harvest``)."""
+    with open_launchpad(_settings(profile), root) as lp:
+        return fw_engine.rows(lp, root)

@@ -305,6 +305,10 @@ class JobQueue:
                 out[uuid] = json.loads(row[0])
         return out
 
+    def payloads(self) -> dict[str, Any]:
+        """Every job's stored jobflow form (``Job.as_dict``), by uuid."""
+        return {u: json.loads(p) for u, p in self.db.execute("SELECT uuid, payload FROM jobs")}
+
     def jobs(self, flow_id: str | None = None) -> list[dict[str, Any]]:
         query = ("SELECT uuid, flow_id, name, state, attempts, error, started, finished, output FROM jobs"
                  + (" WHERE flow_id=?" if flow_id else "") + " ORDER BY created, rowid")

@@ -377,3 +377,193 @@ def test_evaluations_refuse_the_fireworks_engine(tmp_path: Path, what: str) -> N
     with pytest.raises(InputError, match=f"{what.replace('_', '-')} runs its jobs on the embedded engine"):
         submit_allocations(tmp_path, str(write_profile(tmp_path / "profile.yaml")), dry_run=True, what=what)
     assert not (tmp_path / "submit.json").exists()
+
+
+def test_an_injected_vasp_error_is_corrected_by_custodian_inside_the_offline_rocket(on_slurm, tmp_path: Path) -> None:
+    on_slurm["double"](inject={"GGA_Relax_1": {"stdout": "Tetrahedron method fails for NKPT<4", "times": 1,
+                                               "allow": ["ISMEAR", "SIGMA"]}})
+    project, profile = on_slurm["project"], on_slurm["profile"]
+    cli("submit", str(on_slurm["poscar"]), "-p", str(project), "--profile", str(profile), *FLOW)
+    status = run_to_the_end(project, profile)
+    assert status["counts"]["COMPLETED"] == 2 and status["failures"] == [], status
+    relax = next(j for j in status["jobs"] if j["job"] == "relax")
+    assert relax["attempts"] == 1  # corrected inside the one launch, not by a FireWorks rerun
+    handled = [c for run in relax["output"]["corrections"] for c in (run if isinstance(run, list) else [run])]
+    assert any("tet" in json.dumps(c) for c in handled), relax["output"]["corrections"]
+    assert "ISMEAR = 0" in (Path(relax["output"]["dir"]) / "INCAR").read_text()  # custodian's fix, rerun with it
+    assert (tmp_path / "double-state" / "GGA_Relax_1.runs").read_text() == "2"
+
+
+def test_a_job_killed_at_the_walltime_fizzles_with_timeout_and_retry_completes_it(on_slurm, tmp_path: Path) -> None:
+    """A 1-minute allocation whose "VASP" ignores the STOPCAR: SLURM kills it (TIMEOUT), retry continues it."""
+    project = on_slurm["project"]
+    profile = write_profile(tmp_path / "short.yaml", walltime="00:01:00")
+    on_slurm["double"](sleep={"GGA_Relax_1": 600}, ignore_stopcar=True)  # runs into SLURM's time limit
+    cli("submit", str(on_slurm["poscar"]), "-p", str(project), "--profile", str(profile), *FLOW)
+    status = run_to_the_end(project, profile, timeout=240)
+    assert [x["slurm_state"] for x in status["launches"]] == ["TIMEOUT"], status["launches"]
+    [failure] = status["failures"]
+    assert failure["job"] == "relax" and failure["state"] == "FIZZLED"
+    assert "reached its time limit (TIMEOUT) while this job ran" in failure["error"], failure["error"]
+    assert status["counts"]["WAITING"] == 1  # the static waits for its relaxation
+    on_slurm["double"]()  # no more sleeping: the rerun finishes
+    again = cli("retry", "-p", str(project))
+    assert again["requeued"] == 1 and len(again["launched"]) == 1
+    status = run_to_the_end(project, profile)
+    assert status["counts"]["COMPLETED"] == 2 and status["failures"] == [], status
+    jobs = {j["job"]: j for j in status["jobs"]}
+    assert jobs["relax"]["attempts"] == 2 and jobs["static"]["attempts"] == 1
+    # the rerun continued the killed relaxation from the CONTCAR it left in its (fixed) job directory
+    assert "continued from the CONTCAR of an interrupted attempt" in jobs["relax"]["output"]["notes"]
+    with open_launchpad(FireworksSettings(launchpad="mongomock:launchpad.json"), project) as lp:
+        relax = lp.fireworks.find_one({"name": "relax"})
+        [archived] = relax["archived_launches"]
+        assert "TIMEOUT" in fw_engine.fizzle_reason(lp.launches.find_one({"launch_id": archived}))
+
+
+def test_workflows_over_concurrent_allocations_are_neither_lost_nor_duplicated(on_slurm, tmp_path: Path) -> None:
+    """Six workflows, two submit processes at once, two fireworks per allocation, three allocations at a time."""
+    on_slurm["double"]()
+    project = on_slurm["project"]
+    profile = write_profile(tmp_path / "packed.yaml", pack=2, max_queued=3)
+    copies = []
+    for i in range(6):
+        p = tmp_path / f"Si{i}.vasp"
+        p.write_bytes(on_slurm["poscar"].read_bytes())
+        copies.append(str(p))
+    args = [sys.executable, "-m", "dftflow", "submit", *copies, "-p", str(project), "--profile", str(profile),
+            *FLOW, "--json"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    firsts = [json.loads(out) for out, _ in outs]
+    assert sum(o["workflows_added"] for o in firsts) == 6
+    assert 1 <= sum(len(o["launched"]) for o in firsts) <= 3  # max_queued holds across both submits
+    status = run_to_the_end(project, profile, timeout=600)
+    assert status["counts"]["COMPLETED"] == 12 and status["failures"] == [], status["counts"]
+    assert {j["uid"] for j in status["jobs"]} == {f"Si{i}" for i in range(6)}
+    assert all(j["attempts"] == 1 for j in status["jobs"])  # every job ran once
+    assert all(x["slurm_state"] == "COMPLETED" for x in status["launches"])
+    # on the LaunchPad: 12 fireworks, one completed launch each, no launch left over
+    with open_launchpad(FireworksSettings(launchpad="mongomock:launchpad.json"), project) as lp:
+        fws = list(lp.fireworks.find({}, {"fw_id": 1, "state": 1, "launches": 1, "archived_launches": 1}))
+        assert len(fws) == 12 and all(f["state"] == "COMPLETED" for f in fws)
+        assert all(len(f["launches"]) == 1 and not f.get("archived_launches") for f in fws)
+        launches = list(lp.launches.find({}, {"launch_id": 1, "fw_id": 1, "state": 1}))
+        assert sorted(x["fw_id"] for x in launches) == sorted(f["fw_id"] for f in fws)
+        assert all(x["state"] == "COMPLETED" for x in launches)
+        assert lp.workflows.count_documents({}) == 6
+        reserved = [fw_id for a in lp.db["dftflow_allocations"].find() for fw_id in a["fw_ids"]]
+    assert sorted(reserved) == sorted(f["fw_id"] for f in fws)  # each firework in exactly one allocation
+    # on disk: one output document per job, one "VASP" run per job
+    for i in range(6):
+        docs = json.loads(fw_engine.outputs_file(project, f"Si{i}").read_text())
+        assert sorted(d["uuid"] for d in docs) == sorted(j["job_uuid"] for j in status["jobs"]
+                                                         if j["uid"] == f"Si{i}")
+    state = tmp_path / "double-state"
+    assert int((state / "GGA_Relax_1.runs").read_text()) == 6
+    assert int((state / "GGA_Static.runs").read_text()) == 6
+
+
+# -- moving an embedded project onto the LaunchPad ------------------------------------------------
+
+
+def run_embedded(project: Path, uid: str, names: tuple[str, ...]) -> None:
+    """What an embedded allocation does for one workflow, in-process: claim it, run ``names``, release the rest."""
+    from dftflow.execution.queue import JobQueue
+    from dftflow.execution.worker import execute_job, job_dir_for
+
+    queue = JobQueue(project / "jobs.sqlite")
+    try:
+        for job in queue.claim_flows([uid], "test-allocation"):
+            if job["name"] in names:
+                out = execute_job(job["payload"], queue.outputs(job["parents"]),
+                                  job_dir_for(project, uid, job["name"], job["uuid"]))
+                assert queue.complete(job["uuid"], "test-allocation", out)
+        queue.release_claims("test-allocation", "AUTO")
+    finally:
+        queue.close()
+
+
+def test_fw_migrate_refuses_a_project_with_jobs_still_running_and_changes_nothing(shared: Path,
+                                                                                 tmp_path: Path) -> None:
+    from dftflow.execution.queue import JobQueue
+
+    project = tmp_path / "project"
+    profile = write_profile(tmp_path / "profile.yaml")
+    res = CliRunner().invoke(app, ["fw-migrate", "-p", str(project), "--profile", str(profile)])
+    assert isinstance(res.exception, InputError) and "jobs.sqlite: not found" in str(res.exception)
+    embedded = tmp_path / "embedded.yaml"
+    embedded.write_text(yaml.safe_dump({**yaml.safe_load(profile.read_text()), "engine": "embedded",
+                                        "store": {"type": "file"}}))
+    poscar = si_poscar(shared, tmp_path / "Si.vasp")
+    cli("submit", str(poscar), "-p", str(project), "--profile", str(embedded), *FLOW, "--dry-run")
+    queue = JobQueue(project / "jobs.sqlite")
+    queue.claim_flows(["Si"], "an-allocation")  # held by an allocation that has not ended
+    queue.close()
+    res = CliRunner().invoke(app, ["fw-migrate", "-p", str(project), "--profile", str(profile)])
+    assert isinstance(res.exception, InputError), res.output
+    assert "jobs of 1 workflow(s) are still RUNNING in embedded allocations (Si)" in str(res.exception)
+    assert not (project / "launchpad.json").exists() and not (project / "outputs").exists()
+    assert json.loads((project / "submit.json").read_text())["engine"] == "embedded"
+
+
+def test_an_embedded_project_moves_onto_the_launchpad_keeping_what_it_completed(on_slurm, tmp_path: Path) -> None:
+    """Si0 done, Si1 relaxed, Si2 not started on the embedded engine; fw-migrate; SLURM runs only what is left."""
+    from dftflow.execution.queue import JobQueue
+
+    on_slurm["double"](chgcar_outcar=True)  # harvestable statics
+    project = on_slurm["project"]
+    embedded = tmp_path / "embedded.yaml"
+    embedded.write_text(yaml.safe_dump({**yaml.safe_load(on_slurm["profile"].read_text()), "engine": "embedded",
+                                        "store": {"type": "file"}}))
+    copies = []
+    for i in range(3):
+        p = tmp_path / f"Si{i}.vasp"
+        p.write_bytes(on_slurm["poscar"].read_bytes())
+        copies.append(str(p))
+    assert cli("submit", *copies, "-p", str(project), "--profile", str(embedded), *FLOW,
+               "--dry-run")["workflows_added"] == 3
+    run_embedded(project, "Si0", ("relax", "static"))
+    run_embedded(project, "Si1", ("relax",))
+    queue = JobQueue(project / "jobs.sqlite")
+    before = {(j["flow_id"], j["name"]): j for j in queue.jobs()}
+    queue.close()
+    assert [before[("Si0", "static")]["state"], before[("Si1", "relax")]["state"]] == ["COMPLETED"] * 2
+    # a profile of the wrong engine is refused, naming it
+    res = CliRunner().invoke(app, ["fw-migrate", "-p", str(project), "--profile", str(embedded)])
+    assert isinstance(res.exception, InputError) and "needs a profile with engine: fireworks" in str(res.exception)
+
+    profile = on_slurm["profile"]
+    out = cli("fw-migrate", "-p", str(project), "--profile", str(profile))
+    assert out == {"workflows_added": 3, "completed_from_embedded": 3, "to_run": 3, "workflows": 3, "jobs": 6}
+    assert cli("fw-migrate", "-p", str(project), "--profile", str(profile))["workflows_added"] == 0  # idempotent
+    fws = launchpad_fireworks(project)
+    assert len(fws) == 6
+    assert {(f["spec"]["_dftflow"]["uid"], f["name"]): f["state"] for f in fws} == {
+        ("Si0", "relax"): "COMPLETED", ("Si0", "static"): "COMPLETED", ("Si1", "relax"): "COMPLETED",
+        ("Si1", "static"): "READY", ("Si2", "relax"): "READY", ("Si2", "static"): "WAITING"}
+    status = cli("status", "-p", str(project))
+    assert status["engine"] == "fireworks"
+    rows = {(j["uid"], j["job"]): j for j in status["jobs"]}
+    assert rows[("Si0", "static")]["energy"] == before[("Si0", "static")]["output"]["output"]["energy"]
+    assert rows[("Si1", "relax")]["output"] == before[("Si1", "relax")]["output"]["output"]
+    # the project is on the LaunchPad now: the embedded profile is refused
+    res = CliRunner().invoke(app, ["submit", "-p", str(project), "--profile", str(embedded), *FLOW])
+    assert isinstance(res.exception, InputError) and "on the fireworks engine" in str(res.exception)
+
+    state = tmp_path / "double-state"
+    runs_before = {name: int((state / f"{name}.runs").read_text()) for name in ("GGA_Relax_1", "GGA_Static")}
+    assert runs_before == {"GGA_Relax_1": 2, "GGA_Static": 1}
+    cli("submit", "-p", str(project), "--profile", str(profile), *FLOW)
+    status = run_to_the_end(project, profile)
+    assert status["counts"]["COMPLETED"] == 6 and status["failures"] == [], status["counts"]
+    # only what had not run was run: Si2's relax, and the statics of Si1 (from the embedded relax) and Si2
+    assert int((state / "GGA_Relax_1.runs").read_text()) == 3
+    assert int((state / "GGA_Static.runs").read_text()) == 3
+    rows = {(j["uid"], j["job"]): j for j in status["jobs"]}
+    assert rows[("Si1", "static")]["energy"] == rows[("Si0", "static")]["energy"]
+    # harvest reads the LaunchPad: the three statics, the embedded one among them
+    dataset = tmp_path / "ds"
+    harvested = cli("harvest", str(project), "-o", str(dataset))
+    assert harvested["stored"] == 3, harvested
