@@ -117,7 +117,7 @@ def predict(
     spacing: Annotated[float, typer.Option(help="Largest grid spacing in Å when --grid is not given.")] = 0.1,
     nelect: Annotated[str, typer.Option(help="Rescale to this many electrons: auto (VASP-recommended PAW "
                                              "valence), none, or a number.")] = "auto",
-    chunk: Annotated[int | None, typer.Option(help="Probe points per chunk (default: sized to ~20,000 "
+    chunk: Annotated[int | None, typer.Option(help="Probe points per chunk (default: sized to ~8,000 "
                                                    "atom-probe edges, which bounds the memory).")] = None,
     symmetry: Annotated[bool, typer.Option(help="Evaluate one point per space-group orbit of the grid "
                                                 "and copy it to the others (same result, less work).")] = True,

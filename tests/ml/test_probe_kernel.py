@@ -1,0 +1,89 @@
+"""The probe kernel (full-grid inference) gives the grid of the model's own probe layers, edge for edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Structure
+
+from dftflow.ml.graph import PeriodicImages, make_batch
+from dftflow.ml.model import ChargE3Net, ModelConfig
+from dftflow.ml.predict import load_model, predict_grid
+from dftflow.ml.probe_kernel import ProbeKernel
+
+#: the largest relative difference (to the grid's largest value) allowed between the two paths
+TOLERANCE = 1e-5
+
+
+def max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def poscar(shared: Path, name: str) -> Structure:
+    return Structure.from_file(shared / "fixtures" / "ecd_outcars" / f"{name}_PBE" / "POSCAR")
+
+
+def test_bundled_model_on_every_point_matches_the_definition(shared: Path) -> None:
+    """The shipped (trained) model, every point of a real cell's grid: kernel against ``probe_density``."""
+    from dftflow.models import default_model
+
+    model, _ = load_model(default_model())
+    s = poscar(shared, "icsd-99966-Fe10Si6")  # 16 atoms: many senders, several images each
+    grid = (10, 10, 8)
+    fast = predict_grid(model, s, grid, symmetry=False)
+    slow = predict_grid(model, s, grid, symmetry=False, kernel=False)
+    assert fast["points_evaluated"] == slow["points_evaluated"] == np.prod(grid)
+    assert np.abs(slow["rho"]).max() > 0
+    assert max_rel_diff(fast["rho"], slow["rho"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize(("lmax", "spin", "dtype"), [(2, False, torch.float32), (3, True, torch.float64)])
+def test_kernel_equals_probe_density_and_notices_a_dropped_edge(shared: Path, lmax: int, spin: bool,
+                                                                dtype: torch.dtype) -> None:
+    """Every block of the tensor product (l ≤ 3, both parities), spin's two channels, float64 too; and the
+    comparison is sharp enough to see one atom → probe edge missing out of thousands."""
+    torch.manual_seed(3)
+    model = ChargE3Net(ModelConfig(num_interactions=3, mul=24, lmax=lmax, num_basis=10, radial_neurons=24,
+                                   spin=spin)).to(dtype).eval()
+    s = poscar(shared, "icsd-1611-O3Pb1Ti1")
+    rng = np.random.default_rng(0)
+    probes = rng.random((300, 3)) @ s.lattice.matrix
+    batch = make_batch([{"cell": s.lattice.matrix, "positions": s.cart_coords, "numbers": [x.specie.Z for x in s],
+                         "probe_positions": probes}], model.config.cutoff, dtype=dtype)
+    assert len(batch["probe_edge_sender"]) > 3000
+    with torch.no_grad():
+        atoms = model.atom_features(batch)
+        slow = model.probe_density(batch, atoms).numpy()
+    kernel = ProbeKernel(model, atoms)
+    fast = kernel(batch).numpy()
+    assert fast.shape == slow.shape == ((300, 2) if spin else (300,))
+    assert max_rel_diff(fast, slow) <= (TOLERANCE if dtype == torch.float32 else 1e-12)
+
+    dropped = dict(batch)
+    keep = torch.ones(len(batch["probe_edge_sender"]), dtype=torch.bool)
+    keep[1234] = False
+    for key in ("probe_edge_sender", "probe_edge_receiver", "probe_edge_shift"):
+        dropped[key] = batch[key][keep]
+    assert max_rel_diff(kernel(dropped).numpy(), slow) > 10 * TOLERANCE
+
+
+def test_predict_grid_with_a_dropped_edge_is_caught(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole-grid check (as the benchmark makes it) fails when one chunk's graph loses an edge."""
+    torch.manual_seed(5)
+    model = ChargE3Net(ModelConfig(num_interactions=2, mul=16, lmax=2, num_basis=8, radial_neurons=16)).eval()
+    s = poscar(shared, "icsd-183198-Cd1N1")
+    grid = (8, 8, 8)
+    good = predict_grid(model, s, grid, symmetry=False)["rho"]
+    assert max_rel_diff(good, predict_grid(model, s, grid, symmetry=False, kernel=False)["rho"]) <= TOLERANCE
+    edges_to = PeriodicImages.edges_to
+
+    def drop_one(self, probes):
+        edges = edges_to(self, probes)
+        edges.sender, edges.receiver, edges.shift = edges.sender[1:], edges.receiver[1:], edges.shift[1:]
+        return edges
+
+    monkeypatch.setattr(PeriodicImages, "edges_to", drop_one)
+    assert max_rel_diff(predict_grid(model, s, grid, symmetry=False)["rho"], good) > 10 * TOLERANCE
