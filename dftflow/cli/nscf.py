@@ -90,17 +90,21 @@ def nscf_table(report: dict):
     """MAE and maximum over materials per start and property, in meV (per atom, per Å)."""
     from rich.table import Table
 
-    table = Table(title="|NSCF − SCF| over materials: MAE / max (meV, meV/atom, meV/Å)")
+    from dftflow.nscf.report import OPTIONAL
+
+    table = Table(title="|NSCF − SCF| over materials: MAE / max (meV, meV/atom, meV/Å; magmom μB/cell)")
     table.add_column("start")
-    props = list(report["units"])
+    props = [p for p in report["units"]
+             if p not in OPTIONAL or any(block[p]["n"] for block in report["summary"].values())]
     for prop in props:
         table.add_column(prop, justify="right")
     for start, block in report["summary"].items():
         cells = [start]
         for prop in props:
             stats = block[prop]
+            scale = 1.0 if prop in OPTIONAL else 1e3  # the moment in μB, the rest in meV
             if stats["n"]:
-                cells.append(f"{1e3 * stats['mae']:.3g} / {1e3 * stats['max']:.3g}")
+                cells.append(f"{scale * stats['mae']:.3g} / {scale * stats['max']:.3g}")
             else:
                 cells.append("n/a" if stats.get("not_available") else "-")
         table.add_row(*cells)

@@ -82,6 +82,9 @@ def properties(dft: Any) -> dict[str, Any]:
            "fermi_level": float(calc.get_fermi_level()),
            "band_energy_per_atom": float((eigs * occs).sum()) / natoms}
     out.update(band_gaps(eigs, out["fermi_level"]))
+    if nspins == 2:
+        total, per_atom = dft.magmoms()
+        out.update(magmom=float(total[2]), magmoms=[float(m) for m in per_atom[:, 2]])
     return out
 
 

@@ -39,15 +39,17 @@ def gaps(eigs: Any, occupied: Any, empty: Any) -> dict[str, Any]:
     """``gap_direct``, ``gap_indirect`` (eV) and ``metal`` from eigenvalues (spin, k, band) and two masks.
 
     ``occupied``/``empty`` mark the states below/above the Fermi level (a
-    state may be neither when it sits on it). A band with occupied and empty
-    states makes a metal (both gaps 0); otherwise the indirect gap is the lowest
+    state may be neither when it sits on it). A band of one spin with occupied
+    and empty states makes a metal (both gaps 0); the same band index may be
+    occupied in one spin and empty in the other (a ferromagnetic insulator has
+    more majority than minority electrons). Otherwise the indirect gap is the lowest
     empty minus the highest occupied state over all k-points and spins, the
     direct gap the smallest such difference at one k-point and spin.
     """
     import numpy as np
 
     eigs, below, above = np.asarray(eigs, dtype=float), np.asarray(occupied, bool), np.asarray(empty, bool)
-    metal = bool(np.any(below.any(axis=(0, 1)) & above.any(axis=(0, 1))))
+    metal = bool(np.any(below.any(axis=1) & above.any(axis=1)))  # per (spin, band)
     if metal or not below.any() or not above.any():
         return {"gap_direct": 0.0, "gap_indirect": 0.0, "metal": metal}
     vbm = np.where(below, eigs, -np.inf).max(axis=2)  # (spin, k)

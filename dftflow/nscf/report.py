@@ -3,7 +3,8 @@
 Every error is |NSCF − SCF| in eV: total energy and band energy per atom,
 band gaps (direct and indirect, on the SCF k-points), and forces as the
 length of the per-atom force difference (eV/Å), its maximum and its mean
-over the atoms of a material. Aggregates over materials are the mean
+over the atoms of a material; spin-polarised materials add the cell's
+magnetic moment (μB). Aggregates over materials are the mean
 absolute error (MAE) and the maximum.
 
 A property that the engine cannot give for a non-self-consistent step (VASP
@@ -31,12 +32,16 @@ PROPERTIES = {
     "gap_direct": ("eV", "gap"),
     "gap_indirect": ("eV", "gap"),
     "band_energy": ("eV/atom", None),
+    "magmom": ("μB/cell", None),
 }
+#: Properties that only some materials have (the magnetic moment: spin-polarised runs); the figure draws
+#: their panel only when a material has them.
+OPTIONAL = ("magmom",)
 
 
 #: The result keys each reported property needs (``force_max``/``force_mae`` both come from ``forces``).
 NEEDS = {"energy": "energy_per_atom", "force_max": "forces", "force_mae": "forces", "gap_direct": "gap_direct",
-         "gap_indirect": "gap_indirect", "band_energy": "band_energy_per_atom"}
+         "gap_indirect": "gap_indirect", "band_energy": "band_energy_per_atom", "magmom": "magmom"}
 
 
 def errors(nscf: dict[str, Any], scf: dict[str, Any]) -> dict[str, float]:
@@ -51,6 +56,8 @@ def errors(nscf: dict[str, Any], scf: dict[str, Any]) -> dict[str, float]:
     for key, value in (("gap_direct", "gap_direct"), ("gap_indirect", "gap_indirect"),
                        ("band_energy", "band_energy_per_atom")):
         out[key] = abs(nscf[value] - scf[value])
+    if nscf.get("magmom") is not None and scf.get("magmom") is not None:
+        out["magmom"] = abs(nscf["magmom"] - scf["magmom"])
     return out
 
 
@@ -83,6 +90,7 @@ def material_rows(results: list[dict[str, Any]], starts: tuple[str, ...]) -> lis
         row.update(natoms=scf["natoms"], metal=scf["metal"], energy_per_atom=scf["energy_per_atom"],
                    gap_direct=scf["gap_direct"], gap_indirect=scf["gap_indirect"],
                    band_energy_per_atom=scf["band_energy_per_atom"],
+                   **({"magmom": scf["magmom"]} if scf.get("magmom") is not None else {}),
                    max_force=float(np.linalg.norm(np.asarray(scf["forces"]), axis=1).max()),
                    scf_iterations=scf["n_iter"], scf_wall_s=scf["wall_s"])
         for start in starts:
@@ -138,12 +146,14 @@ def plot(rows: list[dict[str, Any]], starts: tuple[str, ...], path: Path) -> str
     done = [r for r in rows if "energy_per_atom" in r]
     if not done:
         return None
-    fig, axes = plt.subplots(len(PROPERTIES), 1, figsize=(max(6, 0.8 * len(done) + 3), 2.2 * len(PROPERTIES)),
+    panels = {prop: spec for prop, spec in PROPERTIES.items()
+              if prop not in OPTIONAL or any(f"{prop}_err_{s}" in r for r in done for s in starts)}
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.8 * len(done) + 3), 2.2 * len(panels)),
                              sharex=True)
     x = np.arange(len(done))
     width = 0.8 / len(starts)
     floor = 1e-4  # meV: a bar for an error at machine precision stays visible on the log axis
-    for ax, (prop, (unit, accuracy)) in zip(axes, PROPERTIES.items(), strict=True):
+    for ax, (prop, (unit, accuracy)) in zip(axes, panels.items(), strict=True):
         shown = False
         for i, start in enumerate(starts):
             # no bar where the property is not available (a floor bar would read as a tiny error)
