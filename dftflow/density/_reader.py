@@ -351,6 +351,11 @@ class Reader:
             tokens = line.split() if line is not None else []
             if line is None or (tokens and tokens[0][:1].isalpha() and parse_token(tokens[0].decode()) is None):
                 raise self.error(f"the {what} stop after {count} of {n} values (truncated?)")
+            if tokens and _after_short_line(lines) and {len(t.lstrip(b"-")) for t in tokens} - _widths(lines):
+                # a short line ends a block; a line written in another number format after it is the next
+                # item of the file (the magnetic moments before a spin block), not the missing values
+                raise self.error(f"the {what} stop after {count} of {n} values; the next line, {_show(line)}, "
+                                 "is not written like them")
             count += len(tokens)
             if count > n:
                 raise self.error(f"the {what} hold more than the {n} values announced")
@@ -397,6 +402,16 @@ class Reader:
         if not np.isfinite(array).all():
             raise self.error("non-finite magnetic moments between the data blocks")
         return array[0] if nblocks == 2 else array.T
+
+
+def _after_short_line(lines: list[tuple[int, list[bytes]]]) -> bool:
+    """Whether the last line read holds fewer values than the widest line before it."""
+    counts = [len(tokens) for _, tokens in lines if tokens]
+    return len(counts) > 1 and counts[-1] < max(counts[:-1])
+
+
+def _widths(lines: list[tuple[int, list[bytes]]]) -> set[int]:
+    return {len(t.lstrip(b"-")) for _, tokens in lines for t in tokens}
 
 
 def _numbers(text: bytes) -> list[float] | None:

@@ -401,6 +401,9 @@ _LI_LAST = b" -0.1474442E-04  0.1810340E-04  0.9104335E-05 -0.2557553E-04  0.519
          "augmentation occupancies of ion 1 (total density block) hold more than the 15 values"),
         (_LI_LAST, _LI_LAST.replace(b"  0.5195503E-05\n", b"\n"),
          "augmentation occupancies of ion 1 (magnetisation block) stop after 14 of 15 values"),
+        # one value short before the moments line: that line (one number, another format) is not the 15th value
+        (_LI_AUG, _LI_AUG.replace(b" -0.2554096E-04\n", b"\n"),
+         "augmentation occupancies of ion 1 (total density block) stop after 14 of 15 values"),
         (_LI_AUG, _LI_AUG.replace(b"  0.1027381E-02", b"            inf"),
          "cannot read 'inf' as a finite number in the augmentation occupancies of ion 1"),
         (_LI_AUG, _LI_AUG.replace(b"  0.1027381E-02", b"  0.1027381E+0x"),
