@@ -13,11 +13,12 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from dftflow.sources.records import Imported
+from dftflow.sqlitetx import transaction as sql_transaction
 
 SCHEMA_VERSION = 1
 
@@ -83,16 +84,8 @@ class Catalog:
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
-            self.db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sql_transaction(self.db)
 
     # -- import -------------------------------------------------------------
     def done_tasks(self) -> set[str]:

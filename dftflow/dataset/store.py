@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from dftflow.procs import pid_alive
+from dftflow.sqlitetx import transaction
 
 try:  # Intel ISA-L: zlib-format streams, 5-8x faster than zlib at a few per cent more bytes
     from isal import isal_zlib
@@ -97,8 +98,7 @@ class Manifest:
     def claim(self, material_id: str) -> bool:
         """Take a material for writing; False if it is stored or claimed by a live process."""
         host, pid = socket.gethostname(), os.getpid()
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.db):
             row = self.db.execute("SELECT state, host, pid FROM materials WHERE material_id=?",
                                   (material_id,)).fetchone()
             if row is not None:
@@ -114,11 +114,7 @@ class Manifest:
             if ok:
                 self.db.execute("INSERT OR REPLACE INTO materials(material_id, state, host, pid, claimed_at) "
                                 "VALUES(?, 'claimed', ?, ?, ?)", (material_id, host, pid, time.time()))
-            self.db.execute("COMMIT")
-            return ok
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        return ok
 
     def release(self, material_ids: list[str]) -> None:
         host, pid = socket.gethostname(), os.getpid()
@@ -126,13 +122,12 @@ class Manifest:
                             [(m, host, pid) for m in material_ids])
 
     def commit_shard(self, shard: str, rows: list[dict[str, Any]]) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.executemany(
-            "UPDATE materials SET state='stored', shard=?, stored_at=?, formula=?, nsites=?, grid=?, functional=?, "
-            "engine=?, nbytes=?, source=? WHERE material_id=?",
-            [(shard, time.time(), r["formula"], r["nsites"], json.dumps(r["grid"]), r["functional"], r["engine"],
-              r["nbytes"], r["source"], r["material_id"]) for r in rows])
-        self.db.execute("COMMIT")
+        with transaction(self.db):  # before: no ROLLBACK, so a failed update left the connection in a transaction
+            self.db.executemany(
+                "UPDATE materials SET state='stored', shard=?, stored_at=?, formula=?, nsites=?, grid=?, "
+                "functional=?, engine=?, nbytes=?, source=? WHERE material_id=?",
+                [(shard, time.time(), r["formula"], r["nsites"], json.dumps(r["grid"]), r["functional"], r["engine"],
+                  r["nbytes"], r["source"], r["material_id"]) for r in rows])
 
     def quarantine(self, material_id: str, source: str, reason: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO quarantine VALUES(?,?,?,?)", (material_id, source, reason, time.time()))

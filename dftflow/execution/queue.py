@@ -24,11 +24,13 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dftflow.procs import pid_alive
+from dftflow.sqlitetx import transaction
 
 STATES = ("WAITING", "READY", "RUNNING", "COMPLETED", "FAILED", "LOST")
 
@@ -76,8 +78,8 @@ class JobQueue:
     def close(self) -> None:
         self.db.close()
 
-    def _tx(self) -> _Tx:
-        return _Tx(self.db)
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.db)
 
     # -- adding work ---------------------------------------------------------
     def add_flow(self, flow_id: str, jobs: Iterable[NewJob], max_attempts: int = 3) -> int:
@@ -316,15 +318,3 @@ class JobQueue:
         return [{"uuid": u, "flow_id": f, "name": n, "state": s, "attempts": a, "error": e,
                  "started": st, "finished": fi, "output": json.loads(o) if o else None}
                 for u, f, n, s, a, e, st, fi, o in rows]
-
-
-class _Tx:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -22,10 +22,11 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from dftflow.screening.dedup import DedupItem
+from dftflow.sqlitetx import transaction
 
 PRIORITY = {"icsd": 0, "cod": 1}  # lower is preferred as a representative; other sources are 2
 
@@ -75,17 +76,9 @@ class DedupWork:
         self.db.executescript("DROP TABLE IF EXISTS temp.dd_items; DROP TABLE IF EXISTS temp.dd_buckets; "
                               "DROP TABLE IF EXISTS temp.dd_groups;")
 
-    @contextmanager
-    def _batch(self, mode: str = "DEFERRED") -> Iterator[sqlite3.Connection]:
+    def _batch(self, mode: str = "DEFERRED") -> AbstractContextManager[sqlite3.Connection]:
         """One transaction; DEFERRED for the temporary tables (no lock on the catalog), IMMEDIATE for outcomes."""
-        self.db.execute(f"BEGIN {mode}")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
-            self.db.execute("COMMIT")
+        return transaction(self.db, mode)
 
     def _pages(self, sql: str) -> Iterator[list[tuple[Any, ...]]]:
         """``sql`` (a SELECT without WHERE whose first column is unique) in pages ordered by that column.

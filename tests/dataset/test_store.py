@@ -137,3 +137,32 @@ def test_deflate_threads_write_the_same_chunks(tmp_path: Path) -> None:
     for (_, mid, name), value in chunks.items():
         assert value == chunks[1, mid, name]
     assert nbytes[3] == nbytes[1] and nbytes[1]["m0"] > 2 * 64 * 64 * 40  # total and diff, deflated
+
+
+def test_a_failed_shard_commit_leaves_the_manifest_usable(tmp_path: Path) -> None:
+    # A commit that fails half-way is rolled back: nothing is marked stored and the next
+    # transaction starts (before, the connection stayed inside the open BEGIN and every later
+    # claim failed with "cannot start a transaction within a transaction").
+    manifest = Manifest(tmp_path)
+    assert manifest.claim("a") and manifest.claim("b")
+    with pytest.raises(KeyError):
+        manifest.commit_shard("shard-0.h5", [{"material_id": "a"}])  # a row without its fields
+    assert manifest.stored() == {}
+    assert manifest.claim("c")
+
+
+def test_sqlite_transaction_commits_rolls_back_and_checks_its_mode(tmp_path: Path) -> None:
+    import sqlite3
+
+    from dftflow.sqlitetx import transaction
+
+    db = sqlite3.connect(tmp_path / "t.sqlite", isolation_level=None)
+    db.execute("CREATE TABLE t(x)")
+    with transaction(db):
+        db.execute("INSERT INTO t VALUES(1)")
+    with pytest.raises(RuntimeError), transaction(db, "DEFERRED"):
+        db.execute("INSERT INTO t VALUES(2)")
+        raise RuntimeError("stop")
+    assert [r[0] for r in db.execute("SELECT x FROM t")] == [1] and not db.in_transaction
+    with pytest.raises(ValueError, match="not one of"), transaction(db, "IMMEDIATE; DROP TABLE t"):
+        pass
