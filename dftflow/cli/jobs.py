@@ -79,12 +79,9 @@ def _submit_settings(project: Path) -> dict | None:
 
 def _fireworks_profile(project: Path):
     """The cluster profile of a project submitted with ``engine: fireworks``, else None."""
-    settings = _submit_settings(project)
-    if settings is None or settings.get("engine") != "fireworks":
-        return None
-    from dftflow.config.profile import load_profile
+    from dftflow.execution.fw_project import fireworks_profile
 
-    return load_profile(settings["profile"])
+    return fireworks_profile(project)
 
 
 def _recover(project: Path) -> list[dict]:

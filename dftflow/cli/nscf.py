@@ -102,7 +102,7 @@ def nscf_table(report: dict):
         cells = [start]
         for prop in props:
             stats = block[prop]
-            scale = 1.0 if prop in OPTIONAL else 1e3  # the moment in μB, the rest in meV
+            scale = 1e3 if report["units"][prop].startswith("eV") else 1.0  # eV → meV; the moment stays in μB
             if stats["n"]:
                 cells.append(f"{scale * stats['mae']:.3g} / {scale * stats['max']:.3g}")
             else:

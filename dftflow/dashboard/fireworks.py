@@ -18,7 +18,6 @@ has read its ``FW_offline.json`` back.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -37,19 +36,14 @@ FW_LOG_NAMES = ("FW_offline.json",)
 
 def engine_settings(root: Path) -> Any | None:
     """The ``fireworks`` settings of a project submitted with ``engine: fireworks`` (its ``submit.json``), else None."""
-    path = root / "submit.json"
-    if not path.is_file():
-        return None
-    settings = json.loads(path.read_text())
-    if not isinstance(settings, dict) or settings.get("engine") != "fireworks":
-        return None
-    from dftflow.config.profile import load_profile
     from dftflow.errors import DftflowError
+    from dftflow.execution.fw_project import fireworks_profile
 
     try:
-        return load_profile(settings["profile"]).fireworks
+        profile = fireworks_profile(root)
     except (DftflowError, KeyError) as exc:  # answered as an error of the jobs view; the page polls again
         raise ValueError(f"submit.json: cannot load the cluster profile: {exc}") from exc
+    return None if profile is None else profile.fireworks
 
 
 def mock_file(settings: Any, root: Path) -> Path | None:

@@ -144,30 +144,20 @@ def unlabelled(items: list[HarvestItem]) -> list[HarvestItem]:
     return [i for i in items if not i.outcar and not (i.meta.get("functional") and i.meta.get("engine"))]
 
 
-def _fireworks_profile(project_root: Path) -> Any:
-    """The profile of a project on the FireWorks engine (``submit.json``), else None."""
-    path = Path(project_root) / "submit.json"
-    settings = json.loads(path.read_text()) if path.exists() else {}
-    if settings.get("engine") != "fireworks":
-        return None
-    from dftflow.config.profile import load_profile
-
-    return load_profile(settings["profile"])
-
-
 def is_project(path: Path) -> bool:
     """A dftflow project (its jobs in ``jobs.sqlite`` or on a FireWorks LaunchPad), not a CHGCAR tree."""
-    return (Path(path) / "jobs.sqlite").exists() or _fireworks_profile(path) is not None
+    from dftflow.execution.fw_project import fireworks_profile
+
+    return (Path(path) / "jobs.sqlite").exists() or fireworks_profile(path) is not None
 
 
 def _project_jobs(project_root: Path) -> list[dict[str, Any]]:
     """The project's jobs as the embedded queue lists them, from ``jobs.sqlite`` or the LaunchPad."""
+    from dftflow.execution import fw_project
     from dftflow.execution.queue import JobQueue
 
-    profile = _fireworks_profile(project_root)
+    profile = fw_project.fireworks_profile(project_root)
     if profile is not None:
-        from dftflow.execution import fw_project
-
         return [{"state": r["state"], "flow_id": r["uid"], "uuid": r["job_uuid"], "output": {"output": r["output"]}}
                 for r in fw_project.jobs(Path(project_root), profile)]
     path = Path(project_root) / "jobs.sqlite"

@@ -45,7 +45,6 @@ except ImportError:  # pragma: no cover - platforms without ISA-L wheels
         return zlib.compress(raw, 1)
 
 
-
 def _encode_chunk(data: np.ndarray, z0: int, depth: int) -> bytes:
     """The HDF5 chunk of ``data`` (float32) starting at z = ``z0``: byte-shuffled, then deflated (zlib format)."""
     block = data[..., z0 : z0 + depth]

@@ -14,7 +14,7 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -351,7 +351,7 @@ class Reader:
             tokens = line.split() if line is not None else []
             if line is None or (tokens and tokens[0][:1].isalpha() and parse_token(tokens[0].decode()) is None):
                 raise self.error(f"the {what} stop after {count} of {n} values (truncated?)")
-            if tokens and _after_short_line(lines) and {len(t.lstrip(b"-")) for t in tokens} - _widths(lines):
+            if tokens and _after_short_line(lines) and _widths(tokens) - _widths(t for _, ts in lines for t in ts):
                 # a short line ends a block; a line written in another number format after it is the next
                 # item of the file (the magnetic moments before a spin block), not the missing values
                 raise self.error(f"the {what} stop after {count} of {n} values; the next line, {_show(line)}, "
@@ -410,8 +410,9 @@ def _after_short_line(lines: list[tuple[int, list[bytes]]]) -> bool:
     return len(counts) > 1 and counts[-1] < max(counts[:-1])
 
 
-def _widths(lines: list[tuple[int, list[bytes]]]) -> set[int]:
-    return {len(t.lstrip(b"-")) for _, tokens in lines for t in tokens}
+def _widths(tokens: Iterable[bytes]) -> set[int]:
+    """How many characters the numbers take, sign aside: one writer writes a block in one format."""
+    return {len(t.lstrip(b"-")) for t in tokens}
 
 
 def _numbers(text: bytes) -> list[float] | None:

@@ -7,14 +7,24 @@ project's allocations left (``recover_offline``), then does its part.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from dftflow.config.profile import ClusterProfile
+from dftflow.config.profile import ClusterProfile, load_profile
 from dftflow.execution import fw_engine
 from dftflow.execution.fw_launches import FwLauncher
 from dftflow.execution.fw_launchpad import open_launchpad
+
+
+def fireworks_profile(root: Path) -> ClusterProfile | None:
+    """The cluster profile of a project submitted with ``engine: fireworks`` (its ``submit.json``), else None."""
+    path = Path(root).resolve() / "submit.json"
+    settings = json.loads(path.read_text()) if path.is_file() else {}
+    if not isinstance(settings, dict) or settings.get("engine") != "fireworks":
+        return None
+    return load_profile(settings["profile"])
 
 
 def _settings(profile: ClusterProfile) -> Any:

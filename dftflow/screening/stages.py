@@ -258,11 +258,6 @@ def run_select(catalog: Catalog, selection: dict[str, SelectorSettings]) -> dict
 
 
 # -- funnel -------------------------------------------------------------------
-def _top(reasons: Iterable[str | None], n: int = 3) -> list[tuple[str, int]]:
-    short = Counter((r or "?")[:80] for r in reasons)
-    return short.most_common(n)
-
-
 def _step(step: str, rows: Iterable[tuple[str, str | None]], ok: str, bad: str, *,
           undetermined: bool) -> dict[str, Any]:
     """Counts of one funnel step from ``(status, reason)`` rows, consumed one at a time.

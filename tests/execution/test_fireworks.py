@@ -27,6 +27,7 @@ from dftflow.execution.fw_launches import FwLauncher, fw_rocket
 from dftflow.execution.fw_launchpad import open_launchpad
 from tests.conftest import DOUBLE
 from tests.helpers_jobs import record
+from tests.helpers_process import submit_at_once
 from tests.helpers_rocket import vasp_like
 
 SI = "fixtures/vasp/Si_mp_gga_relax"
@@ -426,17 +427,7 @@ def test_workflows_over_concurrent_allocations_are_neither_lost_nor_duplicated(o
     on_slurm["double"]()
     project = on_slurm["project"]
     profile = write_profile(tmp_path / "packed.yaml", pack=2, max_queued=3)
-    copies = []
-    for i in range(6):
-        p = tmp_path / f"Si{i}.vasp"
-        p.write_bytes(on_slurm["poscar"].read_bytes())
-        copies.append(str(p))
-    args = [sys.executable, "-m", "dftflow", "submit", *copies, "-p", str(project), "--profile", str(profile),
-            *FLOW, "--json"]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
-    firsts = [json.loads(out) for out, _ in outs]
+    firsts = submit_at_once(on_slurm["poscar"], tmp_path, project, profile, timeout=300)
     assert sum(o["workflows_added"] for o in firsts) == 6
     assert 1 <= sum(len(o["launched"]) for o in firsts) <= 3  # max_queued holds across both submits
     status = run_to_the_end(project, profile, timeout=600)

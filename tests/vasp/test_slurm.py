@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -17,6 +16,7 @@ from typer.testing import CliRunner
 
 from dftflow.cli.app import app
 from dftflow.execution.queue import JobQueue
+from tests.helpers_process import submit_at_once
 
 DOUBLE = Path(__file__).resolve().parents[1] / "vasp_double" / "vasp_std"
 SI = "fixtures/vasp/Si_mp_gga_relax"
@@ -108,16 +108,8 @@ def test_parallel_allocations_never_lose_or_duplicate_a_workflow(setup, tmp_path
     setup["double"]()
     project = setup["project"]
     profile = setup["profile"](pack=1, max_queued=3)
-    copies = []
-    for i in range(6):
-        p = tmp_path / f"Si{i}.vasp"
-        p.write_bytes(setup["poscar"].read_bytes())
-        copies.append(str(p))
-    args = [sys.executable, "-m", "dftflow", "submit", *copies, "-p", str(project), "--profile", str(profile),
-            "--relax-set", "mp-relax", "--static-set", "mp-static", "--json"]
     # two submit hosts at once: each workflow is queued once, each job claimed by one allocation
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    outs = submit_at_once(setup["poscar"], tmp_path, project, profile, timeout=120)
     assert sum(o["workflows_added"] for o in outs) == 6
     launched = sum(len(o["launched"]) for o in outs)
     assert 1 <= launched <= 6
