@@ -72,8 +72,14 @@ def check_profile(
             missing = [v for v in re.findall(r"\$\{(\w+)\}", uri) if v not in os.environ]
             if missing:
                 problems.append(f"{key} uses unset environment variable(s): {', '.join(missing)}")
-    command = "fw-rocket" if prof.engine == "fireworks" else "rocket"
-    script = job_script(prof, Path(launch_dir), command=command) if prof.scheduler == "slurm" else None
+    if prof.scheduler != "slurm":
+        script = None
+    elif prof.engine == "fireworks":  # FireWorks' CommonAdapter writes the allocations' scripts
+        from dftflow.execution.fw_launches import allocation_script
+
+        script = allocation_script(prof, Path(launch_dir), job_name="dftflow-fw")
+    else:
+        script = job_script(prof, Path(launch_dir))
     if json_:
         print_json({"profile": prof.name, "valid": True, "warnings": problems, "script": script})
         return

@@ -99,6 +99,13 @@ class FireworksSettings(StrictModel):
     launchpad: str = Field(description="LaunchPad YAML, MongoDB URI, or mongomock:FILE")
     database: str = Field(default="fireworks", description="database name for a URI without one")
     fworker: str = Field(default="dftflow", description="FireWorker name recorded with every launch")
+    template: str | None = Field(
+        default=None, description="queue script template for FireWorks' CommonAdapter (default: FireWorks' own "
+                                  "SLURM_template.txt); ~ and $VARS expanded, relative to the current directory")
+    njobs_queue: int | None = Field(
+        default=None, gt=0, description="submit no allocation while this many of your jobs are in the partition's "
+                                        "queue (qlaunch rapidfire's njobs_queue, counted by "
+                                        "CommonAdapter.get_njobs_in_queue); slurm.max_queued caps the project's")
 
     @field_validator("launchpad")
     @classmethod

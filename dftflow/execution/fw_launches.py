@@ -1,14 +1,22 @@
-"""FireWorks rockets through SLURM in offline mode: reserve, sbatch, ``rlaunch --offline``, ``recover_offline``.
+"""FireWorks rockets on SLURM, offline: reserve, ``CommonAdapter`` submits, offline ``Rocket``, ``recover_offline``.
 
 The LaunchPad has one writer, the submit host (with mongomock it must: the
-store is one file). ``FwLauncher.launch`` reserves up to ``pack`` READY
-fireworks of the project (``LaunchPad.reserve_fw``), writes FireWorks' offline
-files into each firework's job directory (``FW.json``, ``FW_offline.json``,
-registered with ``add_offline_run``, as ``qlaunch -r`` does) and submits one
-allocation whose script runs ``dftflow fw-rocket``: FireWorks' own offline
-``Rocket`` in each directory, one after the other, starting none with less
-than the profile's stop margin left. The rocket never opens the LaunchPad; it
-writes ``FW_offline.json`` (started, then the FWAction and state).
+store is one file). ``FwLauncher.launch`` does what FireWorks' queue launcher
+does in reservation mode (``qlaunch -r``, ``queue_launcher.launch_rocket_to_queue``),
+for a pack of fireworks per allocation instead of one: it reserves up to
+``pack`` READY fireworks of the project (``LaunchPad.reserve_fw``), writes
+FireWorks' offline files into each firework's job directory
+(``queue_launcher.setup_offline_job``: ``FW.json``, ``FW_offline.json``,
+``add_offline_run``), renders the allocation's script with FireWorks'
+``CommonAdapter`` (q_type SLURM, FireWorks' own ``SLURM_template.txt`` unless
+the profile names another; the profile's partition, account, walltime, nodes,
+modules and stop margin) and submits it with ``CommonAdapter.submit_to_queue``,
+then records the SLURM id (``set_reservation_id``). The script runs
+``dftflow fw-rocket``: FireWorks' own offline ``Rocket`` in each directory,
+one after the other, starting none with less than the profile's stop margin
+left. The rocket never opens the LaunchPad; it writes ``FW_offline.json``
+(started, then the FWAction and state). FireWorks' ``rapidfire`` itself is not
+used: in reservation mode it reserves one firework per queue job.
 
 ``recover`` (``status``, ``submit``, ``retry``) does what ``lpad recover_offline``
 does for the project's active allocations, then settles allocations that have
@@ -23,32 +31,135 @@ structure run in two allocations (``pack`` counts fireworks, not workflows).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shlex
+import sys
 import threading
 import time
 import uuid as uuidlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from dftflow.config.profile import ClusterProfile, stop_margin_s
+from dftflow.errors import ConfigError
 from dftflow.execution.fw_engine import project_key
+from dftflow.execution.fw_launchpad import import_fireworks
 from dftflow.execution.launches import _stopped_before_walltime
 from dftflow.execution.slurm import (
     ACTIVE_STATES,
     SlurmError,
     final_state,
-    job_script,
     job_state_after,
     queue_states,
-    sbatch,
 )
 
 ALLOCATIONS = "dftflow_allocations"
 _ROCKET_LOG = "rocket.json"
+SUBMIT_SCRIPT = "FW_submit.script"  # FireWorks' name for it (fw_config.SUBMIT_SCRIPT_NAME)
 STOPPED_KEY = "_dftflow_stopped"  # in a FIZZLED launch's stored_data: stopped cleanly before the walltime
 MAX_STOPS = 3
+Q_NAME = "dftflow-slurm"  # CommonAdapter's q_name: its logger is qadapter.<q_name>
+
+
+def qadapter(profile: ClusterProfile) -> Any:
+    """FireWorks' ``CommonAdapter`` (q_type SLURM) filled from the profile, as a ``my_qadapter.yaml`` would be.
+
+    ``pre_rocket`` carries the profile's extra ``#SBATCH`` lines (first, before any command, where sbatch
+    still reads them), the walltime stop margin, the modules and ``pre_run``; ``rocket_launch`` is set per
+    allocation (:func:`allocation_script`).
+    """
+    if profile.slurm is None or profile.fireworks is None:
+        raise ConfigError(f"profile {profile.name}: engine fireworks needs the slurm and fireworks sections")
+    import_fireworks(profile.fireworks, Path.cwd())
+    from fireworks.user_objects.queue_adapters.common_adapter import CommonAdapter
+
+    s = profile.slurm
+    pre = [f"#SBATCH {d}" for d in s.extra_directives]
+    pre += ["# the rocket stops starting jobs, and custodian stops VASP cleanly, before this time",
+            f"export DFTFLOW_JOB_END=$(( $(date +%s) + {s.walltime_seconds()} ))",
+            f"export DFTFLOW_STOP_MARGIN={s.stop_margin_s}",
+            f"export OMP_NUM_THREADS={s.cpus_per_task}"]
+    pre += [f"module load {m}" for m in s.modules]
+    pre += list(s.pre_run)
+    dropped = [line for line in pre if "$$" in line]
+    if dropped:  # CommonAdapter drops every script line that still holds "$$" (an unfilled template key)
+        raise ConfigError(f"profile {profile.name}: FireWorks' queue script would drop {dropped[0]!r} ('$$')")
+    template = profile.fireworks.template
+    params = {"nodes": s.nodes, "ntasks_per_node": s.ntasks_per_node, "cpus_per_task": s.cpus_per_task,
+              "walltime": s.walltime, "queue": s.partition, "account": s.account, "qos": s.qos,
+              "constraint": s.constraint, "mem": s.mem, "pre_rocket": "\n".join(pre)}
+    return CommonAdapter("SLURM", q_name=Q_NAME, timeout=120,  # seconds for squeue (get_njobs_in_queue)
+                         template_file=str(Path(os.path.expandvars(template)).expanduser()) if template else None,
+                         **{k: v for k, v in params.items() if v is not None})
+
+
+def allocation_script(profile: ClusterProfile, launch_dir: Path, *, job_name: str) -> str:
+    """The queue script of one allocation: ``CommonAdapter.get_script_str`` running ``dftflow fw-rocket``."""
+    adapter = qadapter(profile)
+    python = profile.python or sys.executable
+    launch_dir = os.path.abspath(launch_dir)  # as get_script_str makes the template's launch_dir
+    adapter.update(job_name=job_name,
+                   rocket_launch=f"exec {shlex.quote(python)} -m dftflow fw-rocket {shlex.quote(launch_dir)}")
+    return adapter.get_script_str(launch_dir)
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str] | None) -> Iterator[None]:
+    """CommonAdapter runs sbatch/squeue in this process's environment: ``env``, if given, for the call."""
+    if env is None:
+        yield
+        return
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class _Messages(logging.Handler):
+    """What CommonAdapter logs while it submits: its only report of why sbatch failed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().strip()
+        if text and set(text) - set("-|v^"):  # not log_fancy's borders
+            self.lines.append(text)
+
+
+def submit_to_queue(adapter: Any, script: Path, *, env: dict[str, str] | None = None) -> str:
+    """``CommonAdapter.submit_to_queue`` from the script's directory; the SLURM id, or SlurmError with the reason."""
+    messages = _Messages()
+    logger = logging.getLogger(f"qadapter.{adapter.q_name}")
+    logger.addHandler(messages)
+    try:
+        with contextlib.chdir(script.parent), _environ(env):  # FireWorks' template writes the job's output beside it
+            job_id = adapter.submit_to_queue(script.name)
+    finally:
+        logger.removeHandler(messages)
+    if not job_id:
+        raise SlurmError(f"sbatch {script} (FireWorks CommonAdapter): "
+                         + (" ".join(messages.lines) or "no job id"))
+    return str(job_id)
+
+
+def jobs_in_queue(adapter: Any, *, env: dict[str, str] | None = None) -> int:
+    """``CommonAdapter.get_njobs_in_queue``: your jobs in the partition's queue; SlurmError when squeue fails."""
+    with _environ(env):
+        n = adapter.get_njobs_in_queue()
+    if n is None:
+        raise SlurmError("squeue: could not count the jobs in the queue (CommonAdapter.get_njobs_in_queue)")
+    return int(n)
 
 
 class FwLauncher:
@@ -74,8 +185,11 @@ class FwLauncher:
     # -- submitting ----------------------------------------------------------
     def launch(self, *, dry_run: bool = False) -> list[dict[str, Any]]:
         """Reserve READY fireworks and submit allocations for them, at most ``max_queued`` active at once."""
-        assert self.profile.slurm is not None
-        room = self.profile.slurm.max_queued - len(self.active())
+        assert self.profile.slurm is not None and self.profile.fireworks is not None
+        room = self.profile.slurm.max_queued - len(self.active())  # the project's allocations
+        if room > 0 and self.profile.fireworks.njobs_queue is not None:  # all your jobs in the partition
+            room = min(room, self.profile.fireworks.njobs_queue - jobs_in_queue(qadapter(self.profile),
+                                                                              env=self.env))
         made: list[dict[str, Any]] = []
         while room > 0:
             try:
@@ -95,6 +209,8 @@ class FwLauncher:
         return made
 
     def _reserve(self, directory: Path) -> list[tuple[Any, int, Path]]:
+        from fireworks.queue.queue_launcher import setup_offline_job
+
         reserved = []
         for _ in range(self.profile.pack):
             fw, launch_id = self.lp.reserve_fw(self._fworker(), str(directory))
@@ -103,12 +219,10 @@ class FwLauncher:
             workdir = Path(fw.spec["_dftflow"]["dir"])
             workdir.mkdir(parents=True, exist_ok=True)
             self.lp.change_launch_dir(launch_id, str(workdir))
-            # FireWorks' offline files, as qlaunch -r writes them (queue_launcher.setup_offline_job)
-            fw.to_file(str(workdir / "FW.json"))
-            (workdir / "FW_offline.json").write_text(json.dumps({"launch_id": launch_id}))
             for stale in ("FW_ping.json", "FWAction.json"):
                 (workdir / stale).unlink(missing_ok=True)
-            self.lp.add_offline_run(launch_id, fw.fw_id, fw.name)
+            with contextlib.chdir(workdir):  # FireWorks' offline files, as qlaunch -r writes them
+                setup_offline_job(self.lp, fw, launch_id)
             reserved.append((fw, launch_id, workdir))
         return reserved
 
@@ -120,6 +234,8 @@ class FwLauncher:
     def _launch(self, *, dry_run: bool) -> dict[str, Any] | None:
         name = time.strftime("%Y%m%d-%H%M%S-") + uuidlib.uuid4().hex[:8]
         directory = self.root / "launches" / name
+        adapter = qadapter(self.profile)  # a profile FireWorks' script cannot carry fails before reserving
+        text = allocation_script(self.profile, directory, job_name=f"dftflow-fw-{name[-8:]}")
         directory.mkdir(parents=True, exist_ok=True)
         reserved = self._reserve(directory)
         if not reserved:
@@ -131,16 +247,15 @@ class FwLauncher:
                 "rockets": [{"fw_id": fw.fw_id, "name": fw.name, "launch_id": lid, "dir": str(d)}
                             for fw, lid, d in reserved]}
         (directory / "launch.json").write_text(json.dumps(spec))
-        script = directory / "job.sh"
-        script.write_text(job_script(self.profile, directory, job_name=f"dftflow-fw-{name[-8:]}",
-                                     command="fw-rocket"))
+        script = directory / SUBMIT_SCRIPT
+        script.write_text(text)
         out = {"launch_id": name, "dir": str(directory), "fw_ids": [fw.fw_id for fw, _, _ in reserved],
                "jobs": len(reserved), "slurm_id": None}
         if dry_run:
             self._release(launch_ids)  # scripts written, nothing stays reserved
             return out
         try:
-            slurm_id = sbatch(script, env=self.env)
+            slurm_id = submit_to_queue(adapter, script, env=self.env)
         except BaseException:
             self._release(launch_ids)
             raise

@@ -65,6 +65,17 @@ def _import_fireworks_for_mock(path: Path) -> Any:
     return LaunchPad
 
 
+def import_fireworks(settings: FireworksSettings, root: Path) -> None:
+    """Import FireWorks as the profile's LaunchPad needs it: with mongomock's client for ``mongomock:FILE``.
+
+    For code that needs FireWorks before the LaunchPad is opened (``CommonAdapter`` in ``profiles check``):
+    FireWorks picks its MongoDB client once, at its first import in a process.
+    """
+    path = mock_file(settings, root)
+    if path is not None:
+        _import_fireworks_for_mock(path)
+
+
 def _initialise(lp: Any) -> None:
     """A new LaunchPad (no fireworks, no id counter) gets FireWorks' id counter, as ``lpad reset`` would."""
     if lp.fw_id_assigner.count_documents({}) == 0:

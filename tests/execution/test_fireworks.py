@@ -23,8 +23,9 @@ from dftflow.cli.app import app
 from dftflow.config.profile import ClusterProfile, FireworksSettings, SlurmSettings, load_profile
 from dftflow.errors import ConfigError, InputError
 from dftflow.execution import fw_engine, fw_project
-from dftflow.execution.fw_launches import FwLauncher, fw_rocket
+from dftflow.execution.fw_launches import FwLauncher, allocation_script, fw_rocket
 from dftflow.execution.fw_launchpad import open_launchpad
+from dftflow.execution.slurm import SlurmError
 from tests.conftest import DOUBLE
 from tests.helpers_jobs import record
 from tests.helpers_process import submit_at_once
@@ -40,9 +41,10 @@ def cli(*args: str) -> dict:
     return json.loads(res.output)
 
 
-def write_profile(path: Path, *, pack: int = 1, walltime: str = "00:05:00", **slurm) -> Path:
+def write_profile(path: Path, *, pack: int = 1, walltime: str = "00:05:00", fireworks: dict | None = None,
+                  **slurm) -> Path:
     data = {"name": "test-fireworks", "scheduler": "slurm", "engine": "fireworks", "pack": pack,
-            "fireworks": {"launchpad": "mongomock:launchpad.json"},
+            "fireworks": {"launchpad": "mongomock:launchpad.json", **(fireworks or {})},
             "slurm": {"partition": "debug", "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 1,
                       "walltime": walltime, "stop_margin_s": 0, "max_queued": 10,
                       "extra_directives": ["--mem=100M"], **slurm},
@@ -77,10 +79,16 @@ def test_profile_needs_a_fireworks_section_and_slurm(tmp_path: Path) -> None:
     assert load_profile(write_profile(path)).fireworks.launchpad == "mongomock:launchpad.json"
 
 
-def test_profiles_check_shows_the_offline_rocket_script(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_profiles_check_shows_fireworks_queue_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    # its own process, as on a login node: FireWorks, once imported with MongoDB's client, stays so in a process
     monkeypatch.delenv("DFTFLOW_DB_PASSWORD", raising=False)
-    out = cli("profiles", "check", "slurm-fireworks")
+    res = subprocess.run([sys.executable, "-m", "dftflow", "profiles", "check", "slurm-fireworks", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
     assert "-m dftflow fw-rocket" in out["script"]
+    assert out["script"].rstrip().endswith("# CommonAdapter (SLURM) completed writing Template")  # FireWorks' template
+    assert "#SBATCH --ntasks-per-node=32" in out["script"] and "#SBATCH --time=04:00:00" in out["script"]
     assert out["warnings"] == ["fireworks.launchpad uses unset environment variable(s): DFTFLOW_DB_PASSWORD"]
 
 
@@ -92,9 +100,13 @@ def test_duplicate_submit_adds_nothing_and_dry_run_reserves_nothing(shared: Path
     assert first["workflows_added"] == 1
     [launch] = first["launched"]
     assert launch["slurm_id"] is None and launch["jobs"] == 1
-    script = (Path(launch["dir"]) / "job.sh").read_text()
-    assert "-m dftflow fw-rocket" in script and "module load vasp/6" in script
-    assert "DFTFLOW_STOP_MARGIN=0" in script and "--time=00:05:00" in script
+    # the allocation's script is FireWorks' CommonAdapter rendering its own SLURM template
+    script = (Path(launch["dir"]) / "FW_submit.script").read_text()
+    assert script.startswith("#!/bin/bash -l\n") and "# CommonAdapter (SLURM) completed writing Template" in script
+    assert "#SBATCH --partition=debug" in script and "#SBATCH --time=00:05:00" in script
+    assert f"cd {launch['dir']}\nexec " in script and f"-m dftflow fw-rocket {launch['dir']}" in script
+    assert "module load vasp/6" in script and "DFTFLOW_STOP_MARGIN=0" in script
+    assert "$$" not in script  # the template's keys the profile leaves unset are gone
     rockets = json.loads((Path(launch["dir"]) / "launch.json").read_text())["rockets"]
     assert [r["name"] for r in rockets] == ["relax"]
     assert (Path(rockets[0]["dir"]) / "FW.json").exists()  # FireWorks' offline files, in the job directory
@@ -172,7 +184,7 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """sbatch answers 4242; squeue and sacct print $FAKE_SQUEUE / $FAKE_SACCT (SLURM's own output)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, body in (("sbatch", "echo 4242"), ("squeue", 'printf "%s" "$FAKE_SQUEUE"'),
+    for name, body in (("sbatch", "echo 'Submitted batch job 4242'"), ("squeue", 'printf "%s" "$FAKE_SQUEUE"'),
                        ("sacct", 'printf "%s" "$FAKE_SACCT"'), ("scontrol", "exit 1")):
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
@@ -202,7 +214,7 @@ def test_a_failing_sbatch_keeps_the_allocations_already_submitted(tmp_path, fake
 
     sbatch = tmp_path / "bin" / "sbatch"
     sbatch.write_text(f"#!/bin/sh\nif [ -f {tmp_path}/once ]; then echo 'sbatch: error: QOSMaxSubmitJobPerUserLimit'"
-                      f" >&2; exit 1; fi\ntouch {tmp_path}/once\necho 4242\n")
+                      f" >&2; exit 1; fi\ntouch {tmp_path}/once\necho 'Submitted batch job 4242'\n")
     project = tmp_path / "project"
     profile = ClusterProfile(name="fake", scheduler="slurm", engine="fireworks", pack=1,
                              fireworks=FireworksSettings(launchpad="mongomock:launchpad.json"),
@@ -213,6 +225,55 @@ def test_a_failing_sbatch_keeps_the_allocations_already_submitted(tmp_path, fake
     status = fw_project.status(project, profile, env={**os.environ, "FAKE_SQUEUE": "4242 PENDING\n"})
     assert sorted(r["state"] for r in status["jobs"]) == ["READY", "RESERVED"]
     assert [x["slurm_id"] for x in status["launches"]] == ["4242"]
+
+
+def test_a_refused_submission_reports_sbatch_and_reserves_nothing(tmp_path, fake_slurm) -> None:
+    """CommonAdapter.submit_to_queue only logs sbatch's refusal: its words reach the error, the firework is READY."""
+    from jobflow import Flow
+
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account' >&2\nexit 1\n")
+    project = tmp_path / "project"
+    profile = ClusterProfile(name="fake", scheduler="slurm", engine="fireworks", pack=1,
+                             fireworks=FireworksSettings(launchpad="mongomock:launchpad.json"),
+                             slurm=SlurmSettings(walltime="00:10:00", account="nope"))
+    with open_launchpad(profile.fireworks, project) as lp:
+        assert fw_engine.add_workflows(lp, project, [("f0", lambda: Flow([record(str(tmp_path / "m"), 1)]))]) == 1
+        with pytest.raises(SlurmError, match="Invalid account"):
+            FwLauncher(lp, project, profile).launch()
+        [fw] = lp.fireworks.find({}, {"state": 1, "launches": 1})
+        assert fw["state"] == "READY" and fw["launches"] == []
+        assert lp.offline_runs.count_documents({"deprecated": False}) == 0
+        [script] = (project / "launches").glob("*/FW_submit.script")
+        assert "#SBATCH --account=nope" in script.read_text()
+
+
+def test_a_profile_line_fireworks_would_drop_is_refused_before_reserving(tmp_path, fake_slurm) -> None:
+    """CommonAdapter removes every script line holding '$$' (an unfilled key): such a pre_run line is an error."""
+    from jobflow import Flow
+
+    project = tmp_path / "project"
+    profile = ClusterProfile(name="fake", scheduler="slurm", engine="fireworks", pack=1,
+                             fireworks=FireworksSettings(launchpad="mongomock:launchpad.json"),
+                             slurm=SlurmSettings(walltime="00:10:00", pre_run=["echo started by $$"]))
+    with open_launchpad(profile.fireworks, project) as lp:
+        assert fw_engine.add_workflows(lp, project, [("f0", lambda: Flow([record(str(tmp_path / "m"), 1)]))]) == 1
+        with pytest.raises(ConfigError, match="echo started by"):
+            FwLauncher(lp, project, profile).launch()
+        assert lp.fireworks.find_one({})["state"] == "READY" and lp.launches.count_documents({}) == 0
+
+
+def test_a_site_template_replaces_fireworks_own(tmp_path: Path) -> None:
+    template = tmp_path / "site_slurm.txt"
+    template.write_text("#!/bin/bash\n#SBATCH --time=$${walltime}\n#SBATCH --gres=$${gres}\n# site template\n"
+                        "$${pre_rocket}\ncd $${launch_dir}\n$${rocket_launch}\n")
+    profile = ClusterProfile(name="site", scheduler="slurm", engine="fireworks",
+                             fireworks=FireworksSettings(launchpad="mongomock:launchpad.json", template=str(template)),
+                             slurm=SlurmSettings(walltime="02:00:00", modules=["vasp/6.4"]))
+    with pytest.warns(UserWarning, match="nodes"):  # FireWorks' own warning: a key the template lacks
+        script = allocation_script(profile, tmp_path / "alloc", job_name="x")
+    assert script.splitlines()[:3] == ["#!/bin/bash", "#SBATCH --time=02:00:00", "# site template"]
+    assert "module load vasp/6.4" in script and f"fw-rocket {tmp_path / 'alloc'}" in script
 
 
 def test_an_allocation_that_timed_out_fizzles_its_running_job_and_frees_the_rest(tmp_path, fake_slurm,
@@ -454,6 +515,54 @@ def test_workflows_over_concurrent_allocations_are_neither_lost_nor_duplicated(o
     state = tmp_path / "double-state"
     assert int((state / "GGA_Relax_1.runs").read_text()) == 6
     assert int((state / "GGA_Static.runs").read_text()) == 6
+
+
+def test_fireworks_commonadapter_submits_the_allocations_capped_by_max_queued_and_njobs_queue(
+        on_slurm, cluster, tmp_path: Path) -> None:
+    """Held allocations (``--hold`` among the profile's extra directives): they only fill the queue, none runs."""
+    project = on_slurm["project"]
+    copies = []
+    for i in range(3):
+        p = tmp_path / f"Si{i}.vasp"
+        p.write_bytes(on_slurm["poscar"].read_bytes())
+        copies.append(str(p))
+    held = write_profile(tmp_path / "held.yaml", max_queued=2, modules=["vasp/6.4"],
+                         extra_directives=["--mem=100M", "--hold"])
+    out = cli("submit", *copies, "-p", str(project), "--profile", str(held), *FLOW)
+    assert out["workflows_added"] == 3 and len(out["launched"]) == 2  # max_queued: 2 of the 3 READY relaxations
+    ids = [x["slurm_id"] for x in out["launched"]]
+    queue = cluster.run("squeue", "-h", "-o", "%i %T %r").stdout.split("\n")
+    assert sorted(line.split() for line in queue if line) == sorted([i, "PENDING", "JobHeldUser"] for i in ids)
+    for launch in out["launched"]:
+        # what SLURM holds is FireWorks' CommonAdapter script: its template, the profile's partition and modules
+        job = cluster.run("scontrol", "show", "job", launch["slurm_id"]).stdout
+        assert f"Command={launch['dir']}/FW_submit.script" in job and "Partition=debug" in job
+        assert "TimeLimit=00:05:00" in job and "MinMemoryNode=100M" in job  # #SBATCH lines from pre_rocket too
+        assert f"StdOut={launch['dir']}/dftflow-fw-{launch['launch_id'][-8:]}-{launch['slurm_id']}.out" in job
+        script = cluster.run("scontrol", "write", "batch_script", launch["slurm_id"], "-").stdout
+        assert script.startswith("#!/bin/bash -l") and "# CommonAdapter (SLURM) completed writing Template" in script
+        assert "module load vasp/6.4" in script and f"cd {launch['dir']}\nexec " in script
+        assert f"-m dftflow fw-rocket {launch['dir']}" in script
+    assert cli("submit", "-p", str(project), "--profile", str(held), *FLOW)["launched"] == []  # still 2 queued
+    # njobs_queue counts all of this user's jobs in the partition, as qlaunch's does (get_njobs_in_queue)
+    cluster.run("sbatch", "--hold", "--mem=10M", "-p", "debug", "-o", "/dev/null", "--wrap", "sleep 1")
+    roomy = {"max_queued": 10, "modules": ["vasp/6.4"], "extra_directives": ["--mem=100M", "--hold"]}
+    full = write_profile(tmp_path / "full.yaml", fireworks={"njobs_queue": 3}, **roomy)
+    assert cli("submit", "-p", str(project), "--profile", str(full), *FLOW)["launched"] == []
+    room = write_profile(tmp_path / "room.yaml", fireworks={"njobs_queue": 4}, **roomy)
+    [third] = cli("submit", "-p", str(project), "--profile", str(room), *FLOW)["launched"]
+    ids.append(third["slurm_id"])
+    status = cli("status", "-p", str(project))
+    assert status["counts"]["RESERVED"] == 3 and status["counts"]["WAITING"] == 3
+    # cancelled before they started: the reservations go back, nothing fizzles
+    cluster.run("scancel", *ids)
+    deadline = time.time() + 60
+    while cluster.run("squeue", "-h", "-j", ",".join(ids), check=False).stdout.strip() and time.time() < deadline:
+        time.sleep(1)
+    status = cli("status", "-p", str(project))
+    assert status["counts"]["READY"] == 3 and status["failures"] == [], status["counts"]
+    assert sorted(x["slurm_state"] for x in status["launches"]) == ["CANCELLED"] * 3
+    cluster.run("scancel", "-u", "root")
 
 
 # -- moving an embedded project onto the LaunchPad ------------------------------------------------
