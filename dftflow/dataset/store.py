@@ -36,21 +36,26 @@ from dftflow.sqlitetx import transaction
 try:  # Intel ISA-L: zlib-format streams, 5-8x faster than zlib at a few per cent more bytes
     from isal import isal_zlib
 
-    def _deflate(raw: bytes) -> bytes:
-        return isal_zlib.compress(raw, 2)
+    DEFLATER = "isal"
+    _compress = isal_zlib.compress
 except ImportError:  # pragma: no cover - platforms without ISA-L wheels
     import zlib
 
-    def _deflate(raw: bytes) -> bytes:
-        return zlib.compress(raw, 1)
+    DEFLATER = "zlib"
+    _compress = zlib.compress
+
+#: Deflate level of the grid chunks (ISA-L's 0-3; zlib's 1-9 without ISA-L), recorded in each shard
+#: (``deflate``). On the bench's grids ISA-L 0/1/2/3 give 2.77/2.35/2.21/2.19 bytes per value and take
+#: 0.85/1.0/1.0/2.3x the time of 1 (bench/bench_dataset.py --level).
+DEFLATE_LEVEL = 2
 
 
-def _encode_chunk(data: np.ndarray, z0: int, depth: int) -> bytes:
+def _encode_chunk(data: np.ndarray, z0: int, depth: int, level: int = DEFLATE_LEVEL) -> bytes:
     """The HDF5 chunk of ``data`` (float32) starting at z = ``z0``: byte-shuffled, then deflated (zlib format)."""
     block = data[..., z0 : z0 + depth]
     if block.shape[-1] < depth:  # HDF5 stores edge chunks full size
         block = np.concatenate([block, np.zeros((*block.shape[:-1], depth - block.shape[-1]), np.float32)], axis=-1)
-    return _deflate(np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes())
+    return _compress(np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes(), level)
 
 
 SCHEMA_VERSION = 1
@@ -79,10 +84,48 @@ def _alive(host: str, pid: int | None) -> bool:
     return pid_alive(pid)
 
 
+def _create_manifest(path: Path) -> None:
+    """Write an empty manifest beside ``path`` and link it into place, unless one is there.
+
+    Built unsynced, then synced once and published by a link that never replaces a file: a
+    concurrent harvester's manifest wins, and a crash leaves no manifest or a whole one. This
+    is a few fsyncs fewer than letting SQLite create the file and switch it to WAL in place.
+    """
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(f"BEGIN;{_MANIFEST}INSERT INTO meta VALUES('schema_version', '{SCHEMA_VERSION}');COMMIT;")
+        finally:
+            db.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return
+        fd = os.open(path.parent, os.O_RDONLY)  # the new name is on disk before any shard refers to it
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        for leftover in (tmp, *(tmp.with_name(tmp.name + suffix) for suffix in ("-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
+
+
 class Manifest:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(root / "manifest.sqlite", timeout=120, isolation_level=None)
+        path = root / "manifest.sqlite"
+        if not path.exists():
+            _create_manifest(path)
+        self.db = sqlite3.connect(path, timeout=120, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         # WAL with synchronous=NORMAL: a killed process loses no committed
         # transaction; only a power cut can undo the last ones (never corrupt), and
@@ -145,8 +188,14 @@ class Manifest:
 class ShardWriter:
     """Writes materials into this process's own shard; ``flush`` publishes them."""
 
-    def __init__(self, root: Path, *, max_materials: int = 64, compression: str = "gzip", threads: int = 1) -> None:
-        """``threads`` > 1 deflates the chunks of a grid on that many threads (ISA-L releases the GIL)."""
+    def __init__(self, root: Path, *, max_materials: int = 64, compression: str = "gzip", threads: int = 1,
+                 level: int = DEFLATE_LEVEL) -> None:
+        """``threads`` > 1 deflates the chunks of a grid on that many threads (ISA-L releases the GIL);
+        ``level`` is the deflate level of gzip chunks (see :data:`DEFLATE_LEVEL`)."""
+        top = 3 if DEFLATER == "isal" else 9
+        if compression == "gzip" and not 0 <= level <= top:
+            raise ValueError(f"deflate level {level}: {DEFLATER} takes 0 to {top}")
+        self.level = level
         self.root = Path(root)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate") if threads > 1 else None
         self._grids: list[tuple[h5py.Dataset, list]] = []  # this material's grids being deflated
@@ -178,6 +227,8 @@ class ShardWriter:
             self._file.attrs["schema_version"] = SCHEMA_VERSION
             self._file.attrs["schema_minor"] = SCHEMA_MINOR
             self._file.attrs["units"] = UNITS
+            if self.compression == "gzip":
+                self._file.attrs["deflate"] = f"{DEFLATER} {self.level}"
         return self._file
 
     def _dataset(self, group: h5py.Group, name: str, data: np.ndarray) -> int:
@@ -199,10 +250,11 @@ class ShardWriter:
                                   compression="gzip", compression_opts=1)
         offsets = [((0,) * (data.ndim - 1) + (z0,), z0) for z0 in range(0, data.shape[-1], depth)]
         if self._pool is not None:  # deflated in the background, written by _drain
-            self._grids.append((ds, [(at, self._pool.submit(_encode_chunk, data, z0, depth)) for at, z0 in offsets]))
+            self._grids.append((ds, [(at, self._pool.submit(_encode_chunk, data, z0, depth, self.level))
+                                     for at, z0 in offsets]))
             return 0
         for at, z0 in offsets:
-            ds.id.write_direct_chunk(at, _encode_chunk(data, z0, depth))
+            ds.id.write_direct_chunk(at, _encode_chunk(data, z0, depth, self.level))
         return int(ds.id.get_storage_size())
 
     def _drain(self) -> None:

@@ -166,3 +166,44 @@ def test_sqlite_transaction_commits_rolls_back_and_checks_its_mode(tmp_path: Pat
     assert [r[0] for r in db.execute("SELECT x FROM t")] == [1] and not db.in_transaction
     with pytest.raises(ValueError, match="not one of"), transaction(db, "IMMEDIATE; DROP TABLE t"):
         pass
+
+
+def test_deflate_level_is_recorded_and_changes_only_the_bytes(tmp_path: Path) -> None:
+    from dftflow.dataset.store import DEFLATE_LEVEL, DEFLATER
+
+    rec = record(0, grid=(32, 32, 40))
+    rec["total"] = np.round(rec["total"], 2)  # compressible, so the levels differ
+    sizes, grids = {}, {}
+    for level in (0, 3):
+        w = ShardWriter(tmp_path / str(level), level=level)
+        assert w.claim("m")
+        w.write("m", rec)
+        w.close()
+        (shard,) = (tmp_path / str(level) / "shards").glob("*.h5")
+        with h5py.File(shard) as f:
+            assert f.attrs["deflate"] == f"{DEFLATER} {level}"
+            grids[level] = f["materials/m/total"][()]
+            sizes[level] = f["materials/m/total"].id.get_storage_size()
+    np.testing.assert_array_equal(grids[0], grids[3])
+    assert sizes[3] < sizes[0]
+    with pytest.raises(ValueError, match="deflate level"):
+        ShardWriter(tmp_path / "bad", level=10)
+    w = ShardWriter(tmp_path / "default")
+    assert w.level == DEFLATE_LEVEL
+    w.close()
+
+
+def test_a_new_manifest_is_published_whole_and_never_replaces_one(tmp_path: Path) -> None:
+    from dftflow.dataset.store import _create_manifest
+
+    manifest = Manifest(tmp_path)
+    assert manifest.claim("a")
+    manifest.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.sqlite"]  # no temporary file left
+    _create_manifest(tmp_path / "manifest.sqlite")  # another harvester's late creation: the first one stays
+    manifest = Manifest(tmp_path)
+    assert manifest.db.execute("SELECT material_id, state FROM materials").fetchall() == [("a", "claimed")]
+    assert manifest.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert manifest.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+    manifest.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.sqlite"]
