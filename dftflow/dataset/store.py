@@ -29,6 +29,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5a, h5d, h5p, h5s, h5t
 
 from dftflow.procs import pid_alive
 from dftflow.sqlitetx import transaction
@@ -56,6 +57,38 @@ def _encode_chunk(data: np.ndarray, z0: int, depth: int, level: int = DEFLATE_LE
     if block.shape[-1] < depth:  # HDF5 stores edge chunks full size
         block = np.concatenate([block, np.zeros((*block.shape[:-1], depth - block.shape[-1]), np.float32)], axis=-1)
     return _compress(np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes(), level)
+
+
+def _new_dataset(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any,
+                 chunks: tuple[int, ...] | None = None) -> h5d.DatasetID:
+    """What ``group.create_dataset`` makes (contiguous, or chunked with shuffle + gzip), without h5py's checks."""
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    if chunks is not None:
+        dcpl.set_chunk(chunks)
+        dcpl.set_shuffle()
+        dcpl.set_deflate(1)
+    dcpl.set_obj_track_times(False)  # h5py's default
+    return h5d.create(group.id, name.encode(), h5t.py_create(np.dtype(dtype), logical=True), h5s.create_simple(shape),
+                      dcpl=dcpl)
+
+
+def _put(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    """``group.create_dataset(name, data=data)`` for a small array."""
+    data = np.ascontiguousarray(data)
+    _new_dataset(group, name, data.shape, data.dtype).write(h5s.ALL, h5s.ALL, data)
+
+
+_VLEN_STR = h5py.string_dtype()
+
+
+def _attr(obj: h5py.HLObject, name: str, value: Any) -> None:
+    """``obj.attrs[name] = value`` for a new name (a str as variable-length UTF-8), without h5py's checks."""
+    data = np.array(value, dtype=_VLEN_STR) if isinstance(value, str) else np.asarray(value)
+    attr = h5a.create(obj.id, name.encode(), h5t.py_create(data.dtype, logical=True), h5s.create_simple(data.shape))
+    try:
+        attr.write(data, mtype=h5t.py_create(data.dtype))
+    finally:
+        attr.close()
 
 
 SCHEMA_VERSION = 1
@@ -198,7 +231,7 @@ class ShardWriter:
         self.level = level
         self.root = Path(root)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate") if threads > 1 else None
-        self._grids: list[tuple[h5py.Dataset, list]] = []  # this material's grids being deflated
+        self._grids: list[tuple[h5d.DatasetID, list]] = []  # this material's grids being deflated
         self._pending: list[tuple[dict[str, Any], list]] = []  # (manifest row, grids) not written yet
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.root)
@@ -246,16 +279,15 @@ class ShardWriter:
         # The standard shuffle + deflate pipeline, declared in the file so any HDF5
         # reader decodes it; the chunks are shuffled and deflated here and written
         # directly, because ISA-L deflates several times faster than zlib.
-        ds = group.create_dataset(name, shape=data.shape, dtype=np.float32, chunks=chunks, shuffle=True,
-                                  compression="gzip", compression_opts=1)
+        ds = _new_dataset(group, name, data.shape, np.float32, chunks)
         offsets = [((0,) * (data.ndim - 1) + (z0,), z0) for z0 in range(0, data.shape[-1], depth)]
         if self._pool is not None:  # deflated in the background, written by _drain
             self._grids.append((ds, [(at, self._pool.submit(_encode_chunk, data, z0, depth, self.level))
                                      for at, z0 in offsets]))
             return 0
         for at, z0 in offsets:
-            ds.id.write_direct_chunk(at, _encode_chunk(data, z0, depth, self.level))
-        return int(ds.id.get_storage_size())
+            ds.write_direct_chunk(at, _encode_chunk(data, z0, depth, self.level))
+        return int(ds.get_storage_size())
 
     def _drain(self) -> None:
         """Write the chunks deflated in the background, in order, and add their bytes to their rows."""
@@ -263,8 +295,8 @@ class ShardWriter:
         for row, grids in pending:
             for ds, chunks in grids:
                 for at, future in chunks:
-                    ds.id.write_direct_chunk(at, future.result())
-                row["nbytes"] += int(ds.id.get_storage_size())
+                    ds.write_direct_chunk(at, future.result())
+                row["nbytes"] += int(ds.get_storage_size())
 
     def write(self, material_id: str, record: dict[str, Any]) -> None:
         """Add one material (see :func:`dftflow.dataset.harvest.record_from_density` for the record).
@@ -284,29 +316,29 @@ class ShardWriter:
         if record.get("smooth_delta") is not None:
             nbytes += self._dataset(g, "smooth_delta", record["smooth_delta"])
         s = g.create_group("structure")
-        s.create_dataset("lattice", data=np.asarray(record["lattice"], dtype=np.float64))
-        s.create_dataset("frac_coords", data=np.asarray(record["frac_coords"], dtype=np.float64))
-        s.create_dataset("numbers", data=np.asarray(record["numbers"], dtype=np.int16))
+        _put(s, "lattice", np.asarray(record["lattice"], dtype=np.float64))
+        _put(s, "frac_coords", np.asarray(record["frac_coords"], dtype=np.float64))
+        _put(s, "numbers", np.asarray(record["numbers"], dtype=np.int16))
         for block, arrays in (record.get("augmentation") or {}).items():
             flat = np.concatenate(arrays) if arrays else np.zeros(0)
             offsets = np.cumsum([0] + [len(a) for a in arrays])
             a = g.create_group(f"augmentation/{block}")
-            a.create_dataset("values", data=flat.astype(np.float64))
-            a.create_dataset("offsets", data=offsets.astype(np.int64))
+            _put(a, "values", flat.astype(np.float64))
+            _put(a, "offsets", offsets.astype(np.int64))
         if "augmentation" in g:
             for key, value in (record.get("augmentation_meta") or {}).items():
                 if value is not None:
-                    g["augmentation"].attrs[key] = value if isinstance(value, str | int) else json.dumps(value)
+                    _attr(g["augmentation"], key, value if isinstance(value, str | int) else json.dumps(value))
         for i, D in enumerate(record.get("density_matrices") or []):
             g.create_dataset(f"paw_density_matrices/{i}", data=np.asarray(D, dtype=np.float64))
         for key in ("nelect", "electrons", "electrons_diff", "functional", "engine", "engine_version",
                     "settings_hash", "source", "formula"):
             if record.get(key) is not None:
-                g.attrs[key] = record[key]
-        g.attrs["grid"] = list(np.asarray(record["total"]).shape)
-        g.attrs["provenance"] = json.dumps(record.get("provenance", {}), default=str)
-        g.attrs["settings"] = json.dumps(record.get("settings", {}), default=str)
-        g.attrs["units"] = UNITS
+                _attr(g, key, record[key])
+        _attr(g, "grid", list(np.asarray(record["total"]).shape))
+        _attr(g, "provenance", json.dumps(record.get("provenance", {}), default=str))
+        _attr(g, "settings", json.dumps(record.get("settings", {}), default=str))
+        _attr(g, "units", UNITS)
         row = {"material_id": material_id, "formula": record.get("formula", ""), "nsites": len(record["numbers"]),
                "grid": list(np.asarray(record["total"]).shape), "functional": record.get("functional", ""),
                "engine": record.get("engine", ""), "nbytes": nbytes, "source": record.get("source", "")}

@@ -207,3 +207,36 @@ def test_a_new_manifest_is_published_whole_and_never_replaces_one(tmp_path: Path
     assert manifest.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
     manifest.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.sqlite"]
+
+
+def test_material_objects_are_what_h5pys_high_level_calls_make(tmp_path: Path) -> None:
+    # The writer creates datasets and attributes through h5py's low-level API (fewer checks per object);
+    # readers must see exactly what create_dataset / attrs[...] = would have written.
+    rec = record(0)
+    w = ShardWriter(tmp_path / "ds")
+    assert w.claim("m")
+    w.write("m", rec)
+    w.close()
+    (shard,) = (tmp_path / "ds" / "shards").glob("*.h5")
+    with h5py.File(shard) as f, h5py.File(tmp_path / "ref.h5", "w") as ref:
+        g = f["materials/m"]
+        r = ref.create_group("m")
+        r.create_dataset("structure/lattice", data=np.asarray(rec["lattice"], dtype=np.float64))
+        r.create_dataset("structure/numbers", data=np.asarray(rec["numbers"], dtype=np.int16))
+        r.create_dataset("augmentation/total/offsets", data=np.array([0, 13, 20]))
+        r.create_dataset("total", shape=g["total"].shape, dtype=np.float32, chunks=g["total"].chunks, shuffle=True,
+                         compression="gzip", compression_opts=1)
+        for key in ("electrons", "functional", "grid", "provenance"):
+            r.attrs[key] = g.attrs[key] if key != "grid" else list(rec["total"].shape)
+        for name in ("structure/lattice", "structure/numbers", "augmentation/total/offsets", "total"):
+            ours, theirs = g[name], r[name]
+            assert ours.id.get_type().equal(theirs.id.get_type()) and ours.shape == theirs.shape, name
+            assert ours.chunks == theirs.chunks and ours.compression_opts == theirs.compression_opts, name
+            assert h5py.h5o.get_info(ours.id).ctime == h5py.h5o.get_info(theirs.id).ctime == 0, name  # no timestamps
+            if name != "total":
+                np.testing.assert_array_equal(ours[()], theirs[()])
+        for key in ("electrons", "functional", "grid", "provenance"):
+            ours, theirs = h5py.h5a.open(g.id, key.encode()), h5py.h5a.open(r.id, key.encode())
+            assert ours.get_type().equal(theirs.get_type()) and ours.shape == theirs.shape, key
+            np.testing.assert_array_equal(g.attrs[key], r.attrs[key])
+        assert isinstance(g.attrs["functional"], str) and g.attrs["electrons"] == rec["electrons"]
