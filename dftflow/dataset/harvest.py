@@ -326,7 +326,8 @@ def harvest(items: list[HarvestItem], out: Path, *, workers: int = 1, progress: 
     writer = ShardWriter(Path(out), max_materials=shard_size, compression=compression, threads=threads,
                          level=DEFLATE_LEVEL if level is None else level)
     todo = [it for it in items if not writer.manifest.is_done(it.material_id)]
-    claimed = [it for it in todo if writer.claim(it.material_id)]
+    taken = writer.claim_many([it.material_id for it in todo])
+    claimed = [it for it in todo if it.material_id in taken]
     if progress is not None:
         progress.start("harvest", len(claimed))
     stored = quarantined = 0

@@ -172,24 +172,27 @@ class Manifest:
 
     def claim(self, material_id: str) -> bool:
         """Take a material for writing; False if it is stored or claimed by a live process."""
+        return material_id in self.claim_many([material_id])
+
+    def claim_many(self, material_ids: list[str], batch: int = 500) -> set[str]:
+        """:meth:`claim` for each id, ``batch`` ids a transaction; returns the ids taken."""
         host, pid = socket.gethostname(), os.getpid()
-        with transaction(self.db):
-            row = self.db.execute("SELECT state, host, pid FROM materials WHERE material_id=?",
-                                  (material_id,)).fetchone()
-            if row is not None:
-                state, holder = row[0], (row[1], row[2])
-                if state == "stored":
-                    ok = False
-                elif holder == (host, pid):
-                    ok = True
-                else:
-                    ok = not _alive(*holder)  # a dead harvester's claim is taken over
-            else:
-                ok = True
-            if ok:
-                self.db.execute("INSERT OR REPLACE INTO materials(material_id, state, host, pid, claimed_at) "
-                                "VALUES(?, 'claimed', ?, ?, ?)", (material_id, host, pid, time.time()))
-        return ok
+        taken: set[str] = set()
+        for start in range(0, len(material_ids), batch):
+            with transaction(self.db):
+                for material_id in material_ids[start : start + batch]:
+                    row = self.db.execute("SELECT state, host, pid FROM materials WHERE material_id=?",
+                                          (material_id,)).fetchone()
+                    if row is not None:
+                        state, holder = row[0], (row[1], row[2])
+                        if state == "stored":
+                            continue
+                        if holder != (host, pid) and _alive(*holder):  # a dead harvester's claim is taken over
+                            continue
+                    self.db.execute("INSERT OR REPLACE INTO materials(material_id, state, host, pid, claimed_at) "
+                                    "VALUES(?, 'claimed', ?, ?, ?)", (material_id, host, pid, time.time()))
+                    taken.add(material_id)
+        return taken
 
     def release(self, material_ids: list[str]) -> None:
         host, pid = socket.gethostname(), os.getpid()
@@ -252,6 +255,9 @@ class ShardWriter:
 
     def claim(self, material_id: str) -> bool:
         return self.manifest.claim(material_id)
+
+    def claim_many(self, material_ids: list[str]) -> set[str]:
+        return self.manifest.claim_many(material_ids)
 
     def _open(self) -> h5py.File:
         if self._file is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -240,3 +241,20 @@ def test_material_objects_are_what_h5pys_high_level_calls_make(tmp_path: Path) -
             assert ours.get_type().equal(theirs.get_type()) and ours.shape == theirs.shape, key
             np.testing.assert_array_equal(g.attrs[key], r.attrs[key])
         assert isinstance(g.attrs["functional"], str) and g.attrs["electrons"] == rec["electrons"]
+
+
+def test_claim_many_takes_what_claim_would_in_batches(tmp_path: Path) -> None:
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    manifest = Manifest(tmp_path)
+    rows = [("stored", "stored", socket.gethostname(), 1), ("live", "claimed", socket.gethostname(), os.getppid()),
+            ("dead", "claimed", socket.gethostname(), dead.pid), ("elsewhere", "claimed", "other-host", 1)]
+    manifest.db.executemany("INSERT INTO materials(material_id, state, host, pid) VALUES(?,?,?,?)", rows)
+    ids = ["stored", "live", "dead", "elsewhere", "free", "mine"]
+    assert manifest.claim("mine")
+    assert manifest.claim_many(ids, batch=4) == {"dead", "free", "mine"}
+    assert dict(manifest.db.execute("SELECT material_id, pid FROM materials WHERE state='claimed'")) == {
+        "live": os.getppid(), "elsewhere": 1, "dead": os.getpid(), "free": os.getpid(), "mine": os.getpid()}
+    manifest.close()
