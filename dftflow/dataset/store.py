@@ -142,6 +142,8 @@ def _create_manifest(path: Path) -> None:
             os.link(tmp, path)
         except FileExistsError:
             return
+        except OSError:  # a file system without hard links: SQLite creates the manifest in place
+            return
         fd = os.open(path.parent, os.O_RDONLY)  # the new name is on disk before any shard refers to it
         try:
             os.fsync(fd)

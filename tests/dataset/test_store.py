@@ -258,3 +258,14 @@ def test_claim_many_takes_what_claim_would_in_batches(tmp_path: Path) -> None:
     assert dict(manifest.db.execute("SELECT material_id, pid FROM materials WHERE state='claimed'")) == {
         "live": os.getppid(), "elsewhere": 1, "dead": os.getpid(), "free": os.getpid(), "mine": os.getpid()}
     manifest.close()
+
+
+def test_a_manifest_is_created_in_place_where_hard_links_fail(tmp_path: Path, monkeypatch) -> None:
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    manifest = Manifest(tmp_path)
+    assert manifest.claim("a") and manifest.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    manifest.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.sqlite"]
