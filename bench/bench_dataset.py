@@ -1,6 +1,6 @@
 """Harvest throughput, bytes per grid point and loader throughput of the HDF5 dataset.
 
-    OMP_NUM_THREADS=1 python bench/bench_dataset.py [--repeat 5] [--threads 1] [--json out.json]
+    OMP_NUM_THREADS=1 python bench/bench_dataset.py [--repeat 5] [--threads 1] [--level 2] [--json out.json]
 
 Inputs (written once to a temporary directory, not timed):
 
@@ -18,7 +18,8 @@ Measured in the same run, on one core:
    against ``pymatgen Chgcar.from_file`` + ``VolumetricData.to_hdf5`` on the
    same files. MB/s of CHGCAR text (uncompressed size), wall clock and CPU
    seconds of the process; medians of ``--repeat`` interleaved runs.
-   ``--threads N`` deflates each grid's chunks on N threads.
+   ``--threads N`` deflates each grid's chunks on N threads; ``--level L`` is
+   their deflate level (ISA-L 0-3, default ``store.DEFLATE_LEVEL``).
 2. **Bytes per grid point** on disk against raw float64 (8 bytes), per set.
 3. **Loader**: ``ProbeDataset`` items per second with 200 probes each (cold
    and warm page cache alike: the data are on local disk), and full-grid
@@ -175,14 +176,22 @@ def stored_values(root: Path) -> int:
         ds.close()
 
 
-def time_dftflow(set_root: Path, out: Path, threads: int = 1) -> tuple[float, float, dict]:
+def shard_level(root: Path) -> str:
+    """The deflate setting the shards record."""
+    import h5py
+
+    with h5py.File(next((root / "shards").glob("*.h5"))) as f:
+        return str(f.attrs.get("deflate", "?"))
+
+
+def time_dftflow(set_root: Path, out: Path, threads: int = 1, level: int | None = None) -> tuple[float, float, dict]:
     """Wall seconds, CPU seconds of this process (all its threads), and the harvest summary."""
     from dftflow.dataset.harvest import from_directory, harvest
 
     if out.exists():
         shutil.rmtree(out)
     t0, c0 = time.perf_counter(), time.process_time()
-    summary = harvest(list(from_directory(set_root)), out, workers=1, threads=threads)
+    summary = harvest(list(from_directory(set_root)), out, workers=1, threads=threads, level=level)
     return time.perf_counter() - t0, time.process_time() - c0, summary
 
 
@@ -215,6 +224,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5, help="timings are the medians of this many interleaved runs")
     ap.add_argument("--threads", type=int, default=1, help="dftflow deflates each grid's chunks on this many threads")
+    ap.add_argument("--level", type=int, help="deflate level of the grid chunks (default: the store's)")
     ap.add_argument("--json", type=Path, help="write the numbers here too")
     args = ap.parse_args()
     print("$ python", " ".join(shlex.quote(a) for a in sys.argv))
@@ -233,7 +243,7 @@ def main() -> None:
             mb = text_bytes(dirs) / 1e6
             ours, ref, ours_cpu, ref_cpu = [], [], [], []
             for _ in range(args.repeat):
-                t, cpu, summary = time_dftflow(root / "in" / name, root / "out" / name, args.threads)
+                t, cpu, summary = time_dftflow(root / "in" / name, root / "out" / name, args.threads, args.level)
                 assert summary["stored"] == len(dirs) and summary["quarantined"] == 0, summary
                 ours.append(t)
                 ours_cpu.append(cpu)
@@ -244,19 +254,21 @@ def main() -> None:
                 ref_cpu.append(cpu_ref)
                 shutil.rmtree(scratch)
             values = stored_values(root / "out" / name)
+            level = shard_level(root / "out" / name)
             ours_bytes = sum(p.stat().st_size for p in (root / "out" / name / "shards").glob("*.h5"))
             bpp = ours_bytes / values
             med = statistics.median
             r = {"files": len(dirs), "text_MB": mb, "dftflow_MB_per_s": mb / med(ours),
                  "pymatgen_MB_per_s": mb / med(ref), "ratio": med(ref) / med(ours),
                  "dftflow_cpu_MB_per_s": mb / med(ours_cpu), "pymatgen_cpu_MB_per_s": mb / med(ref_cpu),
-                 "cpu_ratio": med(ref_cpu) / med(ours_cpu), "threads": args.threads,
+                 "cpu_ratio": med(ref_cpu) / med(ours_cpu), "threads": args.threads, "level": level,
                  "bytes_per_value": bpp, "vs_float64": bpp / 8.0, "pymatgen_hdf5_bytes_per_value": ref_bytes / values,
                  "grid_values": values}
             results[name] = r
             print(f"{name:<14}{len(dirs):>6}{mb:>9.1f}{r['dftflow_MB_per_s']:>14.1f}{r['pymatgen_MB_per_s']:>15.1f}"
                   f"{r['ratio']:>7.2f}{r['cpu_ratio']:>10.2f}{bpp:>10.3f}{bpp / 8:>8.3f}{ref_bytes / values:>10.2f}")
-        print("\nratio = dftflow throughput / pymatgen throughput, wall clock (target >= 1.0); cpu ratio = the same "
+        print(f"\ngrid chunks: float32, shuffle + deflate ({level})")
+        print("ratio = dftflow throughput / pymatgen throughput, wall clock (target >= 1.0); cpu ratio = the same "
               "in CPU seconds of this\nprocess (per core; steadier than wall time on a shared machine); medians of "
               "interleaved runs; bytes/val = shard file bytes "
               "per stored grid value\n(total and magnetisation grids, all metadata included); vs f64 = bytes/val / 8 "

@@ -313,15 +313,21 @@ def record_from_density(density: Any, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def harvest(items: list[HarvestItem], out: Path, *, workers: int = 1, progress: Any = None,
-            shard_size: int = 64, compression: str = "gzip", threads: int = 1) -> dict[str, Any]:
+            shard_size: int = 64, compression: str = "gzip", threads: int = 1,
+            level: int | None = None) -> dict[str, Any]:
     """Store every item not stored yet; quarantine the ones that fail, with their reasons.
 
     ``workers`` processes read and validate the files; ``threads`` deflate the chunks of each
-    grid in this process (several cores for one large file).
+    grid in this process (several cores for one large file); ``level`` is their deflate level
+    (default :data:`~dftflow.dataset.store.DEFLATE_LEVEL`, recorded in each shard).
     """
-    writer = ShardWriter(Path(out), max_materials=shard_size, compression=compression, threads=threads)
+    from dftflow.dataset.store import DEFLATE_LEVEL
+
+    writer = ShardWriter(Path(out), max_materials=shard_size, compression=compression, threads=threads,
+                         level=DEFLATE_LEVEL if level is None else level)
     todo = [it for it in items if not writer.manifest.is_done(it.material_id)]
-    claimed = [it for it in todo if writer.claim(it.material_id)]
+    taken = writer.claim_many([it.material_id for it in todo])
+    claimed = [it for it in todo if it.material_id in taken]
     if progress is not None:
         progress.start("harvest", len(claimed))
     stored = quarantined = 0

@@ -29,6 +29,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5a, h5d, h5p, h5s, h5t
 
 from dftflow.procs import pid_alive
 from dftflow.sqlitetx import transaction
@@ -36,21 +37,58 @@ from dftflow.sqlitetx import transaction
 try:  # Intel ISA-L: zlib-format streams, 5-8x faster than zlib at a few per cent more bytes
     from isal import isal_zlib
 
-    def _deflate(raw: bytes) -> bytes:
-        return isal_zlib.compress(raw, 2)
+    DEFLATER = "isal"
+    _compress = isal_zlib.compress
 except ImportError:  # pragma: no cover - platforms without ISA-L wheels
     import zlib
 
-    def _deflate(raw: bytes) -> bytes:
-        return zlib.compress(raw, 1)
+    DEFLATER = "zlib"
+    _compress = zlib.compress
+
+#: Deflate level of the grid chunks (ISA-L's 0-3; zlib's 1-9 without ISA-L), recorded in each shard
+#: (``deflate``). On the bench's grids ISA-L 0/1/2/3 give 2.77/2.35/2.21/2.19 bytes per value and take
+#: 0.85/1.0/1.0/2.3x the time of 1 (bench/bench_dataset.py --level).
+DEFLATE_LEVEL = 2
 
 
-def _encode_chunk(data: np.ndarray, z0: int, depth: int) -> bytes:
+def _encode_chunk(data: np.ndarray, z0: int, depth: int, level: int = DEFLATE_LEVEL) -> bytes:
     """The HDF5 chunk of ``data`` (float32) starting at z = ``z0``: byte-shuffled, then deflated (zlib format)."""
     block = data[..., z0 : z0 + depth]
     if block.shape[-1] < depth:  # HDF5 stores edge chunks full size
         block = np.concatenate([block, np.zeros((*block.shape[:-1], depth - block.shape[-1]), np.float32)], axis=-1)
-    return _deflate(np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes())
+    return _compress(np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes(), level)
+
+
+def _new_dataset(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any,
+                 chunks: tuple[int, ...] | None = None) -> h5d.DatasetID:
+    """What ``group.create_dataset`` makes (contiguous, or chunked with shuffle + gzip), without h5py's checks."""
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    if chunks is not None:
+        dcpl.set_chunk(chunks)
+        dcpl.set_shuffle()
+        dcpl.set_deflate(1)
+    dcpl.set_obj_track_times(False)  # h5py's default
+    return h5d.create(group.id, name.encode(), h5t.py_create(np.dtype(dtype), logical=True), h5s.create_simple(shape),
+                      dcpl=dcpl)
+
+
+def _put(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    """``group.create_dataset(name, data=data)`` for a small array."""
+    data = np.ascontiguousarray(data)
+    _new_dataset(group, name, data.shape, data.dtype).write(h5s.ALL, h5s.ALL, data)
+
+
+_VLEN_STR = h5py.string_dtype()
+
+
+def _attr(obj: h5py.HLObject, name: str, value: Any) -> None:
+    """``obj.attrs[name] = value`` for a new name (a str as variable-length UTF-8), without h5py's checks."""
+    data = np.array(value, dtype=_VLEN_STR) if isinstance(value, str) else np.asarray(value)
+    attr = h5a.create(obj.id, name.encode(), h5t.py_create(data.dtype, logical=True), h5s.create_simple(data.shape))
+    try:
+        attr.write(data, mtype=h5t.py_create(data.dtype))
+    finally:
+        attr.close()
 
 
 SCHEMA_VERSION = 1
@@ -79,10 +117,50 @@ def _alive(host: str, pid: int | None) -> bool:
     return pid_alive(pid)
 
 
+def _create_manifest(path: Path) -> None:
+    """Write an empty manifest beside ``path`` and link it into place, unless one is there.
+
+    Built unsynced, then synced once and published by a link that never replaces a file: a
+    concurrent harvester's manifest wins, and a crash leaves no manifest or a whole one. This
+    is a few fsyncs fewer than letting SQLite create the file and switch it to WAL in place.
+    """
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(f"BEGIN;{_MANIFEST}INSERT INTO meta VALUES('schema_version', '{SCHEMA_VERSION}');COMMIT;")
+        finally:
+            db.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return
+        except OSError:  # a file system without hard links: SQLite creates the manifest in place
+            return
+        fd = os.open(path.parent, os.O_RDONLY)  # the new name is on disk before any shard refers to it
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        for leftover in (tmp, *(tmp.with_name(tmp.name + suffix) for suffix in ("-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
+
+
 class Manifest:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(root / "manifest.sqlite", timeout=120, isolation_level=None)
+        path = root / "manifest.sqlite"
+        if not path.exists():
+            _create_manifest(path)
+        self.db = sqlite3.connect(path, timeout=120, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         # WAL with synchronous=NORMAL: a killed process loses no committed
         # transaction; only a power cut can undo the last ones (never corrupt), and
@@ -96,24 +174,27 @@ class Manifest:
 
     def claim(self, material_id: str) -> bool:
         """Take a material for writing; False if it is stored or claimed by a live process."""
+        return material_id in self.claim_many([material_id])
+
+    def claim_many(self, material_ids: list[str], batch: int = 500) -> set[str]:
+        """:meth:`claim` for each id, ``batch`` ids a transaction; returns the ids taken."""
         host, pid = socket.gethostname(), os.getpid()
-        with transaction(self.db):
-            row = self.db.execute("SELECT state, host, pid FROM materials WHERE material_id=?",
-                                  (material_id,)).fetchone()
-            if row is not None:
-                state, holder = row[0], (row[1], row[2])
-                if state == "stored":
-                    ok = False
-                elif holder == (host, pid):
-                    ok = True
-                else:
-                    ok = not _alive(*holder)  # a dead harvester's claim is taken over
-            else:
-                ok = True
-            if ok:
-                self.db.execute("INSERT OR REPLACE INTO materials(material_id, state, host, pid, claimed_at) "
-                                "VALUES(?, 'claimed', ?, ?, ?)", (material_id, host, pid, time.time()))
-        return ok
+        taken: set[str] = set()
+        for start in range(0, len(material_ids), batch):
+            with transaction(self.db):
+                for material_id in material_ids[start : start + batch]:
+                    row = self.db.execute("SELECT state, host, pid FROM materials WHERE material_id=?",
+                                          (material_id,)).fetchone()
+                    if row is not None:
+                        state, holder = row[0], (row[1], row[2])
+                        if state == "stored":
+                            continue
+                        if holder != (host, pid) and _alive(*holder):  # a dead harvester's claim is taken over
+                            continue
+                    self.db.execute("INSERT OR REPLACE INTO materials(material_id, state, host, pid, claimed_at) "
+                                    "VALUES(?, 'claimed', ?, ?, ?)", (material_id, host, pid, time.time()))
+                    taken.add(material_id)
+        return taken
 
     def release(self, material_ids: list[str]) -> None:
         host, pid = socket.gethostname(), os.getpid()
@@ -145,11 +226,17 @@ class Manifest:
 class ShardWriter:
     """Writes materials into this process's own shard; ``flush`` publishes them."""
 
-    def __init__(self, root: Path, *, max_materials: int = 64, compression: str = "gzip", threads: int = 1) -> None:
-        """``threads`` > 1 deflates the chunks of a grid on that many threads (ISA-L releases the GIL)."""
+    def __init__(self, root: Path, *, max_materials: int = 64, compression: str = "gzip", threads: int = 1,
+                 level: int = DEFLATE_LEVEL) -> None:
+        """``threads`` > 1 deflates the chunks of a grid on that many threads (ISA-L releases the GIL);
+        ``level`` is the deflate level of gzip chunks (see :data:`DEFLATE_LEVEL`)."""
+        top = 3 if DEFLATER == "isal" else 9
+        if compression == "gzip" and not 0 <= level <= top:
+            raise ValueError(f"deflate level {level}: {DEFLATER} takes 0 to {top}")
+        self.level = level
         self.root = Path(root)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate") if threads > 1 else None
-        self._grids: list[tuple[h5py.Dataset, list]] = []  # this material's grids being deflated
+        self._grids: list[tuple[h5d.DatasetID, list]] = []  # this material's grids being deflated
         self._pending: list[tuple[dict[str, Any], list]] = []  # (manifest row, grids) not written yet
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.root)
@@ -171,6 +258,9 @@ class ShardWriter:
     def claim(self, material_id: str) -> bool:
         return self.manifest.claim(material_id)
 
+    def claim_many(self, material_ids: list[str]) -> set[str]:
+        return self.manifest.claim_many(material_ids)
+
     def _open(self) -> h5py.File:
         if self._file is None:
             self._name = f"{socket.gethostname()}-{os.getpid()}__{uuid.uuid4().hex[:12]}.h5"
@@ -178,6 +268,8 @@ class ShardWriter:
             self._file.attrs["schema_version"] = SCHEMA_VERSION
             self._file.attrs["schema_minor"] = SCHEMA_MINOR
             self._file.attrs["units"] = UNITS
+            if self.compression == "gzip":
+                self._file.attrs["deflate"] = f"{DEFLATER} {self.level}"
         return self._file
 
     def _dataset(self, group: h5py.Group, name: str, data: np.ndarray) -> int:
@@ -195,15 +287,15 @@ class ShardWriter:
         # The standard shuffle + deflate pipeline, declared in the file so any HDF5
         # reader decodes it; the chunks are shuffled and deflated here and written
         # directly, because ISA-L deflates several times faster than zlib.
-        ds = group.create_dataset(name, shape=data.shape, dtype=np.float32, chunks=chunks, shuffle=True,
-                                  compression="gzip", compression_opts=1)
+        ds = _new_dataset(group, name, data.shape, np.float32, chunks)
         offsets = [((0,) * (data.ndim - 1) + (z0,), z0) for z0 in range(0, data.shape[-1], depth)]
         if self._pool is not None:  # deflated in the background, written by _drain
-            self._grids.append((ds, [(at, self._pool.submit(_encode_chunk, data, z0, depth)) for at, z0 in offsets]))
+            self._grids.append((ds, [(at, self._pool.submit(_encode_chunk, data, z0, depth, self.level))
+                                     for at, z0 in offsets]))
             return 0
         for at, z0 in offsets:
-            ds.id.write_direct_chunk(at, _encode_chunk(data, z0, depth))
-        return int(ds.id.get_storage_size())
+            ds.write_direct_chunk(at, _encode_chunk(data, z0, depth, self.level))
+        return int(ds.get_storage_size())
 
     def _drain(self) -> None:
         """Write the chunks deflated in the background, in order, and add their bytes to their rows."""
@@ -211,8 +303,8 @@ class ShardWriter:
         for row, grids in pending:
             for ds, chunks in grids:
                 for at, future in chunks:
-                    ds.id.write_direct_chunk(at, future.result())
-                row["nbytes"] += int(ds.id.get_storage_size())
+                    ds.write_direct_chunk(at, future.result())
+                row["nbytes"] += int(ds.get_storage_size())
 
     def write(self, material_id: str, record: dict[str, Any]) -> None:
         """Add one material (see :func:`dftflow.dataset.harvest.record_from_density` for the record).
@@ -232,29 +324,29 @@ class ShardWriter:
         if record.get("smooth_delta") is not None:
             nbytes += self._dataset(g, "smooth_delta", record["smooth_delta"])
         s = g.create_group("structure")
-        s.create_dataset("lattice", data=np.asarray(record["lattice"], dtype=np.float64))
-        s.create_dataset("frac_coords", data=np.asarray(record["frac_coords"], dtype=np.float64))
-        s.create_dataset("numbers", data=np.asarray(record["numbers"], dtype=np.int16))
+        _put(s, "lattice", np.asarray(record["lattice"], dtype=np.float64))
+        _put(s, "frac_coords", np.asarray(record["frac_coords"], dtype=np.float64))
+        _put(s, "numbers", np.asarray(record["numbers"], dtype=np.int16))
         for block, arrays in (record.get("augmentation") or {}).items():
             flat = np.concatenate(arrays) if arrays else np.zeros(0)
             offsets = np.cumsum([0] + [len(a) for a in arrays])
             a = g.create_group(f"augmentation/{block}")
-            a.create_dataset("values", data=flat.astype(np.float64))
-            a.create_dataset("offsets", data=offsets.astype(np.int64))
+            _put(a, "values", flat.astype(np.float64))
+            _put(a, "offsets", offsets.astype(np.int64))
         if "augmentation" in g:
             for key, value in (record.get("augmentation_meta") or {}).items():
                 if value is not None:
-                    g["augmentation"].attrs[key] = value if isinstance(value, str | int) else json.dumps(value)
+                    _attr(g["augmentation"], key, value if isinstance(value, str | int) else json.dumps(value))
         for i, D in enumerate(record.get("density_matrices") or []):
             g.create_dataset(f"paw_density_matrices/{i}", data=np.asarray(D, dtype=np.float64))
         for key in ("nelect", "electrons", "electrons_diff", "functional", "engine", "engine_version",
                     "settings_hash", "source", "formula"):
             if record.get(key) is not None:
-                g.attrs[key] = record[key]
-        g.attrs["grid"] = list(np.asarray(record["total"]).shape)
-        g.attrs["provenance"] = json.dumps(record.get("provenance", {}), default=str)
-        g.attrs["settings"] = json.dumps(record.get("settings", {}), default=str)
-        g.attrs["units"] = UNITS
+                _attr(g, key, record[key])
+        _attr(g, "grid", list(np.asarray(record["total"]).shape))
+        _attr(g, "provenance", json.dumps(record.get("provenance", {}), default=str))
+        _attr(g, "settings", json.dumps(record.get("settings", {}), default=str))
+        _attr(g, "units", UNITS)
         row = {"material_id": material_id, "formula": record.get("formula", ""), "nsites": len(record["numbers"]),
                "grid": list(np.asarray(record["total"]).shape), "functional": record.get("functional", ""),
                "engine": record.get("engine", ""), "nbytes": nbytes, "source": record.get("source", "")}

@@ -22,7 +22,7 @@ from pymatgen.core import Element, Lattice, Structure
 
 from dftflow.compression import decompress
 from dftflow.density._fortran import parse_clean_block, parse_token
-from dftflow.density.model import BLOCK_KEYS
+from dftflow.density.model import BLOCK_KEYS, all_finite
 from dftflow.errors import DensityError
 
 _AUG = b"augmentation occupancies"
@@ -236,9 +236,8 @@ class Reader:
         values = self._fast_block(n)
         if values is None:
             values = self._careful_block(n, name)
-        finite = np.isfinite(values)
-        if not finite.all():  # the careful path has checked that all lines but the last hold per_line values
-            bad = np.flatnonzero(~finite)
+        if not all_finite(values):  # the careful path has checked that all lines but the last hold per_line values
+            bad = np.flatnonzero(~np.isfinite(values))
             raise self.error(
                 f"the {name} holds a non-finite value ({values[bad[0]]}) at grid point {bad[0]}",
                 line=self.line_number(start) + int(bad[0]) // per_line,

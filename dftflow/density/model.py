@@ -113,9 +113,17 @@ class Density:
         return self.total / self.structure.volume
 
 
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite: a finite sum proves it (a NaN or infinity makes the sum non-finite),
+    and is cheaper than a mask; only a sum that overflows is checked value by value."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.sum(values)
+    return bool(np.isfinite(total)) or bool(np.isfinite(values).all())
+
+
 def _grid(values: np.ndarray, name: str, where: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(array).all():
+    if not all_finite(array):
         raise DensityError(f"{where}: {name} holds non-finite values")
     return array
 

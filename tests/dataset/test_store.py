@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -166,3 +167,105 @@ def test_sqlite_transaction_commits_rolls_back_and_checks_its_mode(tmp_path: Pat
     assert [r[0] for r in db.execute("SELECT x FROM t")] == [1] and not db.in_transaction
     with pytest.raises(ValueError, match="not one of"), transaction(db, "IMMEDIATE; DROP TABLE t"):
         pass
+
+
+def test_deflate_level_is_recorded_and_changes_only_the_bytes(tmp_path: Path) -> None:
+    from dftflow.dataset.store import DEFLATE_LEVEL, DEFLATER
+
+    rec = record(0, grid=(32, 32, 40))
+    rec["total"] = np.round(rec["total"], 2)  # compressible, so the levels differ
+    sizes, grids = {}, {}
+    for level in (0, 3):
+        w = ShardWriter(tmp_path / str(level), level=level)
+        assert w.claim("m")
+        w.write("m", rec)
+        w.close()
+        (shard,) = (tmp_path / str(level) / "shards").glob("*.h5")
+        with h5py.File(shard) as f:
+            assert f.attrs["deflate"] == f"{DEFLATER} {level}"
+            grids[level] = f["materials/m/total"][()]
+            sizes[level] = f["materials/m/total"].id.get_storage_size()
+    np.testing.assert_array_equal(grids[0], grids[3])
+    assert sizes[3] < sizes[0]
+    with pytest.raises(ValueError, match="deflate level"):
+        ShardWriter(tmp_path / "bad", level=10)
+    w = ShardWriter(tmp_path / "default")
+    assert w.level == DEFLATE_LEVEL
+    w.close()
+
+
+def test_a_new_manifest_is_published_whole_and_never_replaces_one(tmp_path: Path) -> None:
+    from dftflow.dataset.store import _create_manifest
+
+    manifest = Manifest(tmp_path)
+    assert manifest.claim("a")
+    manifest.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.sqlite"]  # no temporary file left
+    _create_manifest(tmp_path / "manifest.sqlite")  # another harvester's late creation: the first one stays
+    manifest = Manifest(tmp_path)
+    assert manifest.db.execute("SELECT material_id, state FROM materials").fetchall() == [("a", "claimed")]
+    assert manifest.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert manifest.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+    manifest.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.sqlite"]
+
+
+def test_material_objects_are_what_h5pys_high_level_calls_make(tmp_path: Path) -> None:
+    # The writer creates datasets and attributes through h5py's low-level API (fewer checks per object);
+    # readers must see exactly what create_dataset / attrs[...] = would have written.
+    rec = record(0)
+    w = ShardWriter(tmp_path / "ds")
+    assert w.claim("m")
+    w.write("m", rec)
+    w.close()
+    (shard,) = (tmp_path / "ds" / "shards").glob("*.h5")
+    with h5py.File(shard) as f, h5py.File(tmp_path / "ref.h5", "w") as ref:
+        g = f["materials/m"]
+        r = ref.create_group("m")
+        r.create_dataset("structure/lattice", data=np.asarray(rec["lattice"], dtype=np.float64))
+        r.create_dataset("structure/numbers", data=np.asarray(rec["numbers"], dtype=np.int16))
+        r.create_dataset("augmentation/total/offsets", data=np.array([0, 13, 20]))
+        r.create_dataset("total", shape=g["total"].shape, dtype=np.float32, chunks=g["total"].chunks, shuffle=True,
+                         compression="gzip", compression_opts=1)
+        for key in ("electrons", "functional", "grid", "provenance"):
+            r.attrs[key] = g.attrs[key] if key != "grid" else list(rec["total"].shape)
+        for name in ("structure/lattice", "structure/numbers", "augmentation/total/offsets", "total"):
+            ours, theirs = g[name], r[name]
+            assert ours.id.get_type().equal(theirs.id.get_type()) and ours.shape == theirs.shape, name
+            assert ours.chunks == theirs.chunks and ours.compression_opts == theirs.compression_opts, name
+            assert h5py.h5o.get_info(ours.id).ctime == h5py.h5o.get_info(theirs.id).ctime == 0, name  # no timestamps
+            if name != "total":
+                np.testing.assert_array_equal(ours[()], theirs[()])
+        for key in ("electrons", "functional", "grid", "provenance"):
+            ours, theirs = h5py.h5a.open(g.id, key.encode()), h5py.h5a.open(r.id, key.encode())
+            assert ours.get_type().equal(theirs.get_type()) and ours.shape == theirs.shape, key
+            np.testing.assert_array_equal(g.attrs[key], r.attrs[key])
+        assert isinstance(g.attrs["functional"], str) and g.attrs["electrons"] == rec["electrons"]
+
+
+def test_claim_many_takes_what_claim_would_in_batches(tmp_path: Path) -> None:
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    manifest = Manifest(tmp_path)
+    rows = [("stored", "stored", socket.gethostname(), 1), ("live", "claimed", socket.gethostname(), os.getppid()),
+            ("dead", "claimed", socket.gethostname(), dead.pid), ("elsewhere", "claimed", "other-host", 1)]
+    manifest.db.executemany("INSERT INTO materials(material_id, state, host, pid) VALUES(?,?,?,?)", rows)
+    ids = ["stored", "live", "dead", "elsewhere", "free", "mine"]
+    assert manifest.claim("mine")
+    assert manifest.claim_many(ids, batch=4) == {"dead", "free", "mine"}
+    assert dict(manifest.db.execute("SELECT material_id, pid FROM materials WHERE state='claimed'")) == {
+        "live": os.getppid(), "elsewhere": 1, "dead": os.getpid(), "free": os.getpid(), "mine": os.getpid()}
+    manifest.close()
+
+
+def test_a_manifest_is_created_in_place_where_hard_links_fail(tmp_path: Path, monkeypatch) -> None:
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    manifest = Manifest(tmp_path)
+    assert manifest.claim("a") and manifest.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    manifest.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.sqlite"]

@@ -343,6 +343,13 @@ def test_density_checks_its_arrays():
         Density(structure, grid, np.ones((2, 2, 3)))
     with pytest.raises(DensityError, match="non-finite"):
         Density(structure, np.full((2, 2, 2), np.nan))
+    for bad in (np.inf, -np.inf):  # one value among finite ones, also where the sum is finite otherwise
+        values = grid.copy()
+        values[1, 0, 1] = bad
+        with pytest.raises(DensityError, match="non-finite"):
+            Density(structure, values)
+    huge = np.full((2, 2, 2), 1.5e308)  # finite values whose sum overflows are not refused
+    assert Density(structure, huge).total is not None
     with pytest.raises(DensityError, match="1 sites"):
         Density(structure, grid, augmentation={"total": [np.ones(3), np.ones(3)]})
     density = Density(structure, 8 * grid)
