@@ -106,6 +106,11 @@ class FireworksSettings(StrictModel):
         default=None, gt=0, description="submit no allocation while this many of your jobs are in the partition's "
                                         "queue (qlaunch rapidfire's njobs_queue, counted by "
                                         "CommonAdapter.get_njobs_in_queue); slurm.max_queued caps the project's")
+    lost_after_s: int = Field(
+        default=4 * 3600, ge=3600,
+        description="a RUNNING firework of the project outside its active allocations whose launch has not pinged "
+                    "for this long is lost: FIZZLED by FireWorks' detect_lostruns at status/submit/retry "
+                    "(FireWorks' default RUN_EXPIRATION_SECS; at least its rocket ping interval, PING_TIME_SECS)")
 
     @field_validator("launchpad")
     @classmethod

@@ -23,6 +23,9 @@ does for the project's active allocations, then settles allocations that have
 left ``squeue`` (state from ``sacct``/``scontrol``): a firework that had started
 when SLURM ended the allocation is FIZZLED with the SLURM state as its reason;
 reserved ones that never started go back to READY (``cancel_reservation``).
+Last, FireWorks' ``detect_lostruns`` fizzles the project's RUNNING launches that
+no active allocation holds and that have not pinged for ``fireworks.lost_after_s``
+(``FwLauncher._detect_lost``).
 
 A workflow's fireworks become READY only when the LaunchPad learns that their
 parents completed, i.e. at recovery on the submit host: relax and static of one
@@ -285,7 +288,52 @@ class FwLauncher:
             self.allocations.update_one({"_id": alloc["_id"]}, {"$set": {"state": "DONE", "finished": time.time(),
                                                                         "slurm_state": end}})
             settled += 1
-        return {"applied": applied, "settled": settled, "active": len(active) - settled}
+        lost = self._detect_lost()
+        return {"applied": applied, "settled": settled, "active": len(active) - settled, "lost": lost}
+
+    def _detect_lost(self) -> int:
+        """FireWorks' lost-run detection for the project's RUNNING launches outside its active allocations.
+
+        A launch that dftflow's allocation bookkeeping does not hold (a site's own ``qlaunch``/``rlaunch``,
+        an allocation record that is gone, a node lost after SLURM forgot the job) is settled by nobody else:
+        if its last ping (``updated_on`` of its RUNNING state) is older than ``fireworks.lost_after_s``,
+        ``LaunchPad.detect_lostruns(fizzle=True)`` fizzles it (and forgets its offline run, so that a late
+        ``FW_offline.json`` is never applied: one result per job), and the reason is recorded with it.
+        Launches of active allocations are left to ``recover``/``_settle``: an offline rocket's ping reaches
+        the LaunchPad only when it is recovered. An offline launch outside them is recovered first
+        (``recover_offline`` reads its ``FW_ping.json``), so a rocket alive elsewhere is not counted lost.
+        Returns how many launches were found lost.
+        """
+        from fireworks import FWAction, fw_config
+
+        assert self.profile.fireworks is not None
+        limit = self.profile.fireworks.lost_after_s
+        if limit < fw_config.PING_TIME_SECS:
+            raise ConfigError(f"fireworks.lost_after_s = {limit} s is shorter than FireWorks' rocket ping interval "
+                              f"(PING_TIME_SECS = {fw_config.PING_TIME_SECS} s): live runs would be found lost")
+        running = {"spec._dftflow.project": self.key, "state": "RUNNING"}
+        fw_ids = [d["fw_id"] for d in self.lp.fireworks.find(running, {"fw_id": 1})]
+        if not fw_ids:
+            return 0
+        held = [lid for alloc in self.active() for lid in alloc["launch_ids"]]
+        outside = {"fw_id": {"$in": fw_ids}, "state": "RUNNING", "launch_id": {"$nin": held}}
+        candidates = [d["launch_id"] for d in self.lp.launches.find(outside, {"launch_id": 1})]
+        if not candidates:
+            return 0
+        for launch_id in candidates:
+            self._apply(launch_id)  # an offline run: its latest ping first (nothing without one)
+        lost_launches, _, _ = self.lp.detect_lostruns(expiration_secs=limit, fizzle=True, query=dict(running),
+                                                      launch_query={"launch_id": {"$nin": held}})
+        now = time.time()
+        for launch_id in lost_launches:
+            doc = self.lp.launches.find_one({"launch_id": launch_id}, {"state_history": 1})
+            pinged = [_epoch(h.get("updated_on") or h.get("created_on")) for h in (doc or {}).get("state_history", [])
+                      if h.get("state") == "RUNNING"]
+            age = f"{now - max(pinged):.0f}" if pinged and None not in pinged else f"more than {limit}"
+            reason = f"lost: no ping for {age} s (FireWorks detect_lostruns, fireworks.lost_after_s = {limit})"
+            self.lp.launches.update_one({"launch_id": launch_id}, {"$set": {
+                "action": FWAction(stored_data={"_message": reason}, exit=True).to_dict()}})
+        return len(lost_launches)
 
     def _apply(self, launch_id: int) -> int:
         """``recover_offline`` for one launch, if its rocket wrote anything; 1 if it finished (any state)."""
@@ -303,9 +351,24 @@ class FwLauncher:
         with warnings.catch_warnings():  # "Unable to find FW_ping.json": a rocket that has just started
             warnings.filterwarnings("ignore", message="Unable to find FW_ping.json")
             self.lp.recover_offline(launch_id, ignore_errors=False, print_errors=False)
+        if "fwaction" not in data:
+            self._ping(launch_id, path.with_name("FW_ping.json"))
         if ((data.get("fwaction") or {}).get("stored_data") or {}).get(STOPPED_KEY):
             self._requeue_stopped(run["fw_id"])
         return int("fwaction" in data)
+
+    def _ping(self, launch_id: int, path: Path) -> None:
+        """The rocket's last ping (``FW_ping.json``) as the RUNNING launch's ``updated_on``.
+
+        FireWorks 2.1's ``recover_offline`` pings the launch and then writes back the copy it read before,
+        so ``updated_on`` stays at the first recovery; ``detect_lostruns`` reads it.
+        """
+        try:
+            ping_time = json.loads(path.read_text()).get("ping_time")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return
+        if isinstance(ping_time, str) and _epoch(ping_time) is not None:
+            self.lp.ping_launch(launch_id, ptime=ping_time)
 
     def _requeue_stopped(self, fw_id: int) -> None:
         """A firework stopped cleanly before the walltime runs again (its relaxation from the CONTCAR).
@@ -347,6 +410,20 @@ class FwLauncher:
         return [{"launch_id": d["name"], "slurm_id": d["slurm_id"], "state": d["state"],
                  "slurm_state": d["slurm_state"], "fw_ids": d["fw_ids"], "submitted": d["submitted"],
                  "finished": d["finished"]} for d in docs]
+
+
+def _epoch(value: Any) -> float | None:
+    """A FireWorks state-history time (ISO text, or a datetime) in seconds since the epoch; naive means UTC."""
+    from datetime import UTC, datetime
+
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def _patch_fireworks_zopen() -> None:

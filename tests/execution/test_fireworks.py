@@ -9,10 +9,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -344,6 +346,100 @@ def test_the_offline_rocket_runs_fireworks_own_rocket_and_recovery_completes_it(
     # its output document went to the workflow's JSON file, written by rename (no temporary left)
     assert "dftflow.execution.fw_store" in (Path(rocket["dir"]) / "FW.json").read_text()
     assert [p.name for p in (project / "outputs").iterdir()] == ["f0.json"]
+
+
+def _iso_ago(seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
+
+
+def _last_pinged(lp, launch_id: int, seconds: float) -> None:
+    """The launch's RUNNING state as if it had started and last pinged ``seconds`` ago."""
+    doc = lp.launches.find_one({"launch_id": launch_id}, {"state_history": 1})
+    history = [{**h, "created_on": _iso_ago(seconds), "updated_on": _iso_ago(seconds)} if h["state"] == "RUNNING"
+               else h for h in doc["state_history"]]
+    lp.launches.update_one({"launch_id": launch_id}, {"$set": {"state_history": history}})
+
+
+def test_a_run_that_stopped_pinging_outside_the_allocations_is_lost_and_retry_reruns_it(tmp_path, fake_slurm,
+                                                                                        monkeypatch) -> None:
+    """FireWorks' detect_lostruns at status: only for RUNNING launches no active allocation of dftflow holds."""
+    five_hours = 5 * 3600
+    project = tmp_path / "project"
+    # dftflow's own allocation, still RUNNING in squeue; its rocket's last ping (recovered from FW_ping.json) is old
+    profile, launch = one_allocation(project, [record(str(tmp_path / "m"), 0)])
+    from fireworks import FWorker  # after the first opening: FireWorks imported with mongomock's client
+    from fireworks.queue.queue_launcher import setup_offline_job
+    from jobflow import Flow
+
+    [rocket] = json.loads((Path(launch["dir"]) / "launch.json").read_text())["rockets"]
+    offline = Path(rocket["dir"]) / "FW_offline.json"
+    offline.write_text(json.dumps({**json.loads(offline.read_text()), "started_on": _iso_ago(five_hours)}))
+    (Path(rocket["dir"]) / "FW_ping.json").write_text(json.dumps({"ping_time": _iso_ago(five_hours)}))
+    monkeypatch.setenv("FAKE_SQUEUE", "4242 RUNNING\n")
+    items = [(uid, lambda i=i: Flow([record(str(tmp_path / "m"), i)])) for i, uid in
+             enumerate(["lost", "alive", "elsewhere", "gone"], start=1)]
+    with open_launchpad(profile.fireworks, project) as lp:
+        assert fw_engine.add_workflows(lp, project, items) == 4
+
+        def site_worker(uid: str) -> FWorker:  # a site's own rlaunch/qlaunch for one of the project's fireworks
+            return FWorker(name="site", query={"spec._dftflow.uid": uid})
+
+        _, lost_launch = lp.checkout_fw(site_worker("lost"), str(tmp_path / "site"))
+        _last_pinged(lp, lost_launch, five_hours)  # its node died: no ping since
+        _, alive_launch = lp.checkout_fw(site_worker("alive"), str(tmp_path / "site"))
+        _last_pinged(lp, alive_launch, 600)  # pings as rockets do (hourly by default)
+        # offline rockets of the site's qlaunch -r, recovered once five hours ago; one pings on, one is gone
+        offline_launches = {}
+        for uid in ("elsewhere", "gone"):
+            fw, offline_launches[uid] = lp.reserve_fw(site_worker(uid), str(tmp_path / uid))
+            (tmp_path / uid).mkdir()
+            with monkeypatch.context() as m:
+                m.chdir(tmp_path / uid)
+                setup_offline_job(lp, fw, offline_launches[uid])
+            path = tmp_path / uid / "FW_offline.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "started_on": _iso_ago(five_hours)}))
+            _last_pinged(lp, offline_launches[uid], five_hours)
+            with pytest.warns(UserWarning, match="FW_ping.json"):  # none written yet
+                lp.recover_offline(offline_launches[uid])
+            _last_pinged(lp, offline_launches[uid], five_hours)
+        (tmp_path / "elsewhere" / "FW_ping.json").write_text(json.dumps({"ping_time": _iso_ago(60)}))
+        (tmp_path / "gone" / "FW_ping.json").write_text(json.dumps({"ping_time": _iso_ago(five_hours)}))
+    status = fw_project.status(project, profile)
+    jobs = {r["uid"]: r for r in status["jobs"]}
+    assert {uid: r["state"] for uid, r in jobs.items()} == \
+        {"f0": "RUNNING", "lost": "FIZZLED", "alive": "RUNNING", "elsewhere": "RUNNING", "gone": "FIZZLED"}
+    for uid in ("lost", "gone"):
+        assert re.fullmatch(r"lost: no ping for 1800[0-9] s \(FireWorks detect_lostruns, fireworks.lost_after_s = "
+                            r"14400\)", jobs[uid]["error"]), jobs[uid]["error"]
+    assert [r["uid"] for r in status["failures"]] == ["lost", "gone"]
+    with open_launchpad(profile.fireworks, project) as lp:
+        # the allocation's rocket has pinged no more recently (FW_ping.json, recovered): squeue has it, it is not lost
+        launch_ids = [d["launch_id"] for d in lp.launches.find({"fw_id": launch["fw_ids"][0]})]
+        assert lp.detect_lostruns(expiration_secs=4 * 3600)[0] == launch_ids
+        # the site's offline rocket that pings on was recovered first; the one that is gone is forgotten
+        [running] = [h for h in lp.launches.find_one({"launch_id": offline_launches["elsewhere"]})["state_history"]
+                     if h["state"] == "RUNNING"]
+        assert running["updated_on"] > _iso_ago(120)
+        assert lp.offline_runs.find_one({"launch_id": offline_launches["gone"]})["deprecated"] is True
+    # what the lost offline rocket writes late is not applied: one result per job
+    path = tmp_path / "gone" / "FW_offline.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "state": "COMPLETED", "completed_on": _iso_ago(0),
+                                "fwaction": {"stored_data": {}, "exit": False}}))
+    assert {r["uid"]: r["state"] for r in fw_project.status(project, profile)["jobs"]}["gone"] == "FIZZLED"
+    again = fw_project.retry(project, profile)
+    assert again["requeued"] == 2
+    assert sorted(x["fw_ids"][0] for x in again["launched"]) == [jobs["lost"]["fw_id"], jobs["gone"]["fw_id"]]
+    rows = {r["uid"]: r for r in fw_project.jobs(project, profile)}
+    assert rows["lost"]["state"] == rows["gone"]["state"] == "RESERVED" and rows["lost"]["attempts"] == 2
+    with open_launchpad(profile.fireworks, project) as lp:  # the lost launch, archived with its reason
+        assert fw_engine.fizzle_reason(lp.launches.find_one({"launch_id": lost_launch})).startswith("lost: no ping")
+        assert lp.fireworks.find_one({"fw_id": jobs["lost"]["fw_id"]})["archived_launches"] == [lost_launch]
+
+
+def test_lost_after_must_cover_fireworks_ping_interval() -> None:
+    with pytest.raises(ValueError, match="lost_after_s"):
+        FireworksSettings(launchpad="mongomock:launchpad.json", lost_after_s=600)
+    assert FireworksSettings(launchpad="mongomock:launchpad.json").lost_after_s == 4 * 3600
 
 
 # -- through SLURM -------------------------------------------------------------------------------
