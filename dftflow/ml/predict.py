@@ -50,7 +50,7 @@ def predict_grid(model: ChargE3Net, structure: Any, grid: tuple[int, int, int], 
     With ``symmetry`` only one point per space-group orbit of the grid is
     evaluated (:mod:`dftflow.ml.symmetry`) and copied to the others. Chunks
     hold ``chunk`` points, by default as many as give about
-    :data:`EDGES_PER_CHUNK` atom → probe edges (measured on the first chunk):
+    :data:`EDGES_PER_CHUNK` atom → probe edges (or the probe kernel's own choice; measured on the first chunk):
     small enough for the intermediates to stay in cache-sized memory.
     ``kernel``: evaluate the probes with :class:`dftflow.ml.probe_kernel.ProbeKernel`
     (the same function, faster); false calls ``model.probe_density`` (the definition).
@@ -67,7 +67,10 @@ def predict_grid(model: ChargE3Net, structure: Any, grid: tuple[int, int, int], 
         from dftflow.ml.probe_kernel import ProbeKernel
 
         evaluate = ProbeKernel(model, features)
+        edges_per_chunk = evaluate.edges_per_chunk or EDGES_PER_CHUNK
     else:
+        edges_per_chunk = EDGES_PER_CHUNK
+
         def evaluate(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return model.probe_density(batch, features)
     images = PeriodicImages(positions, cell, cutoff)
@@ -99,7 +102,7 @@ def predict_grid(model: ChargE3Net, structure: Any, grid: tuple[int, int, int], 
         if progress is not None:
             progress.advance(stop - start)
         if chunk is None:
-            size = int(np.clip(EDGES_PER_CHUNK * (stop - start) / max(1, len(edges)), 64, 100_000))
+            size = int(np.clip(edges_per_chunk * (stop - start) / max(1, len(edges)), 64, 100_000))
         start = stop
     if orbits is not None:
         out = out[orbits.inverse]

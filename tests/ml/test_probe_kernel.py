@@ -58,16 +58,80 @@ def test_kernel_equals_probe_density_and_notices_a_dropped_edge(shared: Path, lm
         atoms = model.atom_features(batch)
         slow = model.probe_density(batch, atoms).numpy()
     kernel = ProbeKernel(model, atoms)
-    fast = kernel(batch).numpy()
-    assert fast.shape == slow.shape == ((300, 2) if spin else (300,))
-    assert max_rel_diff(fast, slow) <= (TOLERANCE if dtype == torch.float32 else 1e-12)
+    assert (kernel.side.tables is not None) == (dtype == torch.float32)  # float32: tabulated radial networks
+    for route in (0.0, float("inf")):  # the edge route, then the pair route
+        kernel.pair_ratio = route
+        fast = kernel(batch).numpy()
+        assert fast.shape == slow.shape == ((300, 2) if spin else (300,))
+        assert max_rel_diff(fast, slow) <= (TOLERANCE if dtype == torch.float32 else 1e-12)
 
     dropped = dict(batch)
     keep = torch.ones(len(batch["probe_edge_sender"]), dtype=torch.bool)
     keep[1234] = False
     for key in ("probe_edge_sender", "probe_edge_receiver", "probe_edge_shift"):
         dropped[key] = batch[key][keep]
-    assert max_rel_diff(kernel(dropped).numpy(), slow) > 10 * TOLERANCE
+    for route in (0.0, float("inf")):
+        kernel.pair_ratio = route
+        assert max_rel_diff(kernel(dropped).numpy(), slow) > 10 * TOLERANCE
+
+
+def test_kernel_with_large_model_settings(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What large models take (the paper's size): the radial networks themselves, e3nn's linear modules, the
+    edge route only — the same function."""
+    from dftflow.ml import probe_kernel
+
+    monkeypatch.setattr(probe_kernel._Model, "max_table_columns", 0)
+    monkeypatch.setattr(probe_kernel._Layer, "max_dense", 0)
+    monkeypatch.setattr(probe_kernel.ProbeKernel, "max_pair_matrix", 0)
+    torch.manual_seed(6)
+    model = ChargE3Net(ModelConfig(num_interactions=2, mul=24, lmax=3, num_basis=10, radial_neurons=24)).eval()
+    s = poscar(shared, "icsd-183198-Cd1N1")
+    probes = np.random.default_rng(2).random((200, 3)) @ s.lattice.matrix
+    batch = make_batch([{"cell": s.lattice.matrix, "positions": s.cart_coords, "numbers": [x.specie.Z for x in s],
+                         "probe_positions": probes}], model.config.cutoff)
+    with torch.no_grad():
+        atoms = model.atom_features(batch)
+        slow = model.probe_density(batch, atoms).numpy()
+    kernel = ProbeKernel(model, atoms)
+    assert kernel.side.tables is None and kernel.q is None and kernel.edges_per_chunk is None
+    assert not any(layer.dense for layer in kernel.side.layers)
+    assert max_rel_diff(kernel(batch).numpy(), slow) <= TOLERANCE
+
+
+def test_kernel_follows_changed_weights_and_tabulates_closely(shared: Path) -> None:
+    """The model's side of the kernel is built once per model and rebuilt when a weight changes (training in
+    the same process); the radial table matches the networks far below the tolerance."""
+    torch.manual_seed(4)
+    model = ChargE3Net(ModelConfig(num_interactions=2, mul=16, lmax=2, num_basis=8, radial_neurons=16)).eval()
+    s = poscar(shared, "icsd-163383-O1Zn1")
+    probes = np.random.default_rng(1).random((200, 3)) @ s.lattice.matrix
+    batch = make_batch([{"cell": s.lattice.matrix, "positions": s.cart_coords, "numbers": [x.specie.Z for x in s],
+                         "probe_positions": probes}], model.config.cutoff)
+    with torch.no_grad():
+        atoms = model.atom_features(batch)
+    first = ProbeKernel(model, atoms)
+    assert ProbeKernel(model, atoms).side is first.side
+    side = first.side
+    r = torch.linspace(0.0, model.config.cutoff, 3001)
+    tabulated = side.weights(model, r, pairs=True)
+    side.tables, tables = None, side.tables
+    try:
+        with torch.no_grad():
+            exact = side.weights(model, r, pairs=True)  # the networks themselves (float32)
+    finally:
+        side.tables = tables
+    for t_layer, e_layer in zip(tabulated, exact):
+        for g in e_layer:
+            scale = float(e_layer[g].abs().max())
+            assert scale > 0
+            assert float((t_layer[g] - e_layer[g]).abs().max()) <= 1e-6 * scale
+    with torch.no_grad():
+        model.probe_convs[0].radial[0].weight.mul_(1.5)
+        atoms = model.atom_features(batch)
+        slow = model.probe_density(batch, atoms).numpy()
+    second = ProbeKernel(model, atoms)
+    assert second.side is not first.side
+    assert max_rel_diff(second(batch).numpy(), slow) <= TOLERANCE
 
 
 def test_predict_grid_with_a_dropped_edge_is_caught(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
