@@ -117,6 +117,15 @@ def _alive(host: str, pid: int | None) -> bool:
     return pid_alive(pid)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _create_manifest(path: Path) -> None:
     """Write an empty manifest beside ``path`` and link it into place, unless one is there.
 
@@ -133,22 +142,14 @@ def _create_manifest(path: Path) -> None:
             db.executescript(f"BEGIN;{_MANIFEST}INSERT INTO meta VALUES('schema_version', '{SCHEMA_VERSION}');COMMIT;")
         finally:
             db.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         try:
             os.link(tmp, path)
         except FileExistsError:
             return
         except OSError:  # a file system without hard links: SQLite creates the manifest in place
             return
-        fd = os.open(path.parent, os.O_RDONLY)  # the new name is on disk before any shard refers to it
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path.parent)  # the new name is on disk before any shard refers to it
     finally:
         for leftover in (tmp, *(tmp.with_name(tmp.name + suffix) for suffix in ("-wal", "-shm"))):
             leftover.unlink(missing_ok=True)
@@ -365,11 +366,7 @@ class ShardWriter:
         self._file.close()
         self._file = None
         partial = self.root / "shards" / (self._name + ".partial")
-        fd = os.open(partial, os.O_RDONLY)  # on disk before the manifest points at it
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(partial)  # on disk before the manifest points at it
         os.replace(partial, self.root / "shards" / self._name)
         self.manifest.commit_shard(self._name, self._rows)
         self._rows = []

@@ -101,9 +101,10 @@ def qadapter(profile: ClusterProfile) -> Any:
                          **{k: v for k, v in params.items() if v is not None})
 
 
-def allocation_script(profile: ClusterProfile, launch_dir: Path, *, job_name: str) -> str:
-    """The queue script of one allocation: ``CommonAdapter.get_script_str`` running ``dftflow fw-rocket``."""
-    adapter = qadapter(profile)
+def allocation_script(profile: ClusterProfile, launch_dir: Path, *, job_name: str, adapter: Any = None) -> str:
+    """The queue script of one allocation: ``CommonAdapter.get_script_str`` running ``dftflow fw-rocket``
+    (with ``adapter``, the profile's :func:`qadapter` already made, else a new one)."""
+    adapter = adapter if adapter is not None else qadapter(profile)
     python = profile.python or sys.executable
     launch_dir = os.path.abspath(launch_dir)  # as get_script_str makes the template's launch_dir
     adapter.update(job_name=job_name,
@@ -238,7 +239,7 @@ class FwLauncher:
         name = time.strftime("%Y%m%d-%H%M%S-") + uuidlib.uuid4().hex[:8]
         directory = self.root / "launches" / name
         adapter = qadapter(self.profile)  # a profile FireWorks' script cannot carry fails before reserving
-        text = allocation_script(self.profile, directory, job_name=f"dftflow-fw-{name[-8:]}")
+        text = allocation_script(self.profile, directory, job_name=f"dftflow-fw-{name[-8:]}", adapter=adapter)
         directory.mkdir(parents=True, exist_ok=True)
         reserved = self._reserve(directory)
         if not reserved:

@@ -26,6 +26,15 @@ def poscar(shared: Path, name: str) -> Structure:
     return Structure.from_file(shared / "fixtures" / "ecd_outcars" / f"{name}_PBE" / "POSCAR")
 
 
+def random_probes(shared: Path, name: str, n: int, seed: int, cutoff: float,
+                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A batch of one ECD cell with ``n`` probes at random points of it."""
+    s = poscar(shared, name)
+    probes = np.random.default_rng(seed).random((n, 3)) @ s.lattice.matrix
+    return make_batch([{"cell": s.lattice.matrix, "positions": s.cart_coords, "numbers": [x.specie.Z for x in s],
+                        "probe_positions": probes}], cutoff, dtype=dtype)
+
+
 def test_bundled_model_on_every_point_matches_the_definition(shared: Path) -> None:
     """The shipped (trained) model, every point of a real cell's grid: kernel against ``probe_density``."""
     from dftflow.models import default_model
@@ -48,11 +57,7 @@ def test_kernel_equals_probe_density_and_notices_a_dropped_edge(shared: Path, lm
     torch.manual_seed(3)
     model = ChargE3Net(ModelConfig(num_interactions=3, mul=24, lmax=lmax, num_basis=10, radial_neurons=24,
                                    spin=spin)).to(dtype).eval()
-    s = poscar(shared, "icsd-1611-O3Pb1Ti1")
-    rng = np.random.default_rng(0)
-    probes = rng.random((300, 3)) @ s.lattice.matrix
-    batch = make_batch([{"cell": s.lattice.matrix, "positions": s.cart_coords, "numbers": [x.specie.Z for x in s],
-                         "probe_positions": probes}], model.config.cutoff, dtype=dtype)
+    batch = random_probes(shared, "icsd-1611-O3Pb1Ti1", 300, 0, model.config.cutoff, dtype)
     assert len(batch["probe_edge_sender"]) > 3000
     with torch.no_grad():
         atoms = model.atom_features(batch)
@@ -85,10 +90,7 @@ def test_kernel_with_large_model_settings(shared: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(probe_kernel.ProbeKernel, "max_pair_matrix", 0)
     torch.manual_seed(6)
     model = ChargE3Net(ModelConfig(num_interactions=2, mul=24, lmax=3, num_basis=10, radial_neurons=24)).eval()
-    s = poscar(shared, "icsd-183198-Cd1N1")
-    probes = np.random.default_rng(2).random((200, 3)) @ s.lattice.matrix
-    batch = make_batch([{"cell": s.lattice.matrix, "positions": s.cart_coords, "numbers": [x.specie.Z for x in s],
-                         "probe_positions": probes}], model.config.cutoff)
+    batch = random_probes(shared, "icsd-183198-Cd1N1", 200, 2, model.config.cutoff)
     with torch.no_grad():
         atoms = model.atom_features(batch)
         slow = model.probe_density(batch, atoms).numpy()
@@ -103,10 +105,7 @@ def test_kernel_follows_changed_weights_and_tabulates_closely(shared: Path) -> N
     the same process); the radial table matches the networks far below the tolerance."""
     torch.manual_seed(4)
     model = ChargE3Net(ModelConfig(num_interactions=2, mul=16, lmax=2, num_basis=8, radial_neurons=16)).eval()
-    s = poscar(shared, "icsd-163383-O1Zn1")
-    probes = np.random.default_rng(1).random((200, 3)) @ s.lattice.matrix
-    batch = make_batch([{"cell": s.lattice.matrix, "positions": s.cart_coords, "numbers": [x.specie.Z for x in s],
-                         "probe_positions": probes}], model.config.cutoff)
+    batch = random_probes(shared, "icsd-163383-O1Zn1", 200, 1, model.config.cutoff)
     with torch.no_grad():
         atoms = model.atom_features(batch)
     first = ProbeKernel(model, atoms)
