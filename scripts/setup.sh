@@ -20,11 +20,24 @@ if ! "$PYTHON" -m venv --help >/dev/null 2>&1 || ! "$PYTHON" -c 'import ensurepi
     fi
 fi
 
+# A C compiler and Python's headers build dftflow's CHGCAR reader (dftflow/_speedups.c;
+# optional: without them dftflow falls back to pymatgen's parser, see hatch_build.py).
+if ! command -v cc >/dev/null 2>&1 || ! "$PYTHON" -c 'import os, sysconfig
+assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q && apt-get install -y -q --no-install-recommends gcc libc6-dev python3-dev
+    else
+        echo "setup: no C compiler or Python headers; dftflow will read CHGCARs without its compiled reader" >&2
+    fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.dftflow-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ dftflow/_speedups.c -nt "$stamp" ] \
+        || [ hatch_build.py -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q "torch==2.13.0"
     .venv/bin/python -m pip install -q -e ".[ml,test,vasp,atomate2]"

@@ -20,6 +20,7 @@ and the harvest goes on. Re-running skips what is stored.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -208,14 +209,18 @@ def from_project(project_root: Path) -> Iterator[HarvestItem]:
                           density_npz=out.get("density"))
 
 
-def _load(item: HarvestItem) -> dict[str, Any]:
-    """Read and validate one density (runs in a worker); raises with the reason on bad input."""
+def _load(item: HarvestItem, threads: int = 1) -> dict[str, Any]:
+    """Read and validate one density (runs in a worker); raises with the reason on bad input.
+
+    ``threads`` read each large grid in pieces at once.
+    """
     from dftflow.density.chgcar import read_chgcar
 
     meta = dict(item.meta)
     if item.outcar:
         meta = {**outcar_meta(Path(item.outcar)), **meta}
-    density = read_chgcar(item.chgcar, nelect=meta.get("nelect"))
+    # Fortran order as the file has it: the store's chunk shuffler reads either order, so nothing is transposed
+    density = read_chgcar(item.chgcar, nelect=meta.get("nelect"), c_order=False, threads=threads)
     if item.outcar:
         check_against_outcar(density, item, meta)
     record = record_from_density(density, meta)
@@ -280,14 +285,15 @@ def augmentation_meta(density: Any, item: HarvestItem, meta: dict[str, Any]) -> 
 def rho32(grid: np.ndarray, volume: float) -> np.ndarray:
     """``grid / volume`` rounded to float32: the same numbers as ``(grid / volume).astype(np.float32)``.
 
-    Divided in float64 a slice at a time, so no full-size float64 temporary is made.
+    Divided in float64 a slice at a time, so no full-size float64 temporary is made;
+    the result keeps the grid's memory order (C or Fortran), so nothing is transposed.
     """
-    flat = np.ascontiguousarray(grid).reshape(-1)
-    out = np.empty(flat.size, dtype=np.float32)
+    out = np.empty_like(grid, dtype=np.float32)  # same memory order as grid
+    flat, into = grid.ravel(order="K"), out.ravel(order="K")  # views when grid is contiguous
     step = 1 << 16
     for i in range(0, flat.size, step):
-        out[i : i + step] = flat[i : i + step] / volume
-    return out.reshape(grid.shape)
+        into[i : i + step] = flat[i : i + step] / volume
+    return out
 
 
 def record_from_density(density: Any, meta: dict[str, Any]) -> dict[str, Any]:
@@ -317,9 +323,9 @@ def harvest(items: list[HarvestItem], out: Path, *, workers: int = 1, progress: 
             level: int | None = None) -> dict[str, Any]:
     """Store every item not stored yet; quarantine the ones that fail, with their reasons.
 
-    ``workers`` processes read and validate the files; ``threads`` deflate the chunks of each
-    grid in this process (several cores for one large file); ``level`` is their deflate level
-    (default :data:`~dftflow.dataset.store.DEFLATE_LEVEL`, recorded in each shard).
+    ``workers`` processes read and validate the files; ``threads`` read each large grid in
+    pieces and deflate its chunks at once (several cores for one large file); ``level`` is the
+    deflate level (default :data:`~dftflow.dataset.store.DEFLATE_LEVEL`, recorded in each shard).
     """
     from dftflow.dataset.store import DEFLATE_LEVEL
 
@@ -332,7 +338,7 @@ def harvest(items: list[HarvestItem], out: Path, *, workers: int = 1, progress: 
         progress.start("harvest", len(claimed))
     stored = quarantined = 0
     try:
-        for result in run_tasks(_load, claimed, workers=workers, chunk_size=1,
+        for result in run_tasks(functools.partial(_load, threads=threads), claimed, workers=workers, chunk_size=1,
                                 preload=("dftflow.dataset.harvest", "dftflow.density.chgcar")):
             item = result.task
             if result.error is not None:

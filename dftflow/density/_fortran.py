@@ -4,7 +4,8 @@ Fortran drops the exponent letter when a three-digit exponent does not fit the
 field: 0.123E-100 is written ``0.123-100``. A tolerant C parser (pymatgen's
 ``parse_n_doubles``, numpy's ``fromstring``) reads that as two numbers, 0.123
 and −100, and every later value of the block slides by one. The bulk parser
-here therefore accepts a block only when its ``n``-th number ends the block;
+here therefore accepts a block only when its ``n``-th number ends the block
+(dftflow's compiled reader, ``dftflow/_speedups.c``, stops at such a token instead);
 otherwise the caller reads it token by token with :func:`parse_token`, which
 reads such numbers correctly and names a token it cannot read.
 """
@@ -13,14 +14,21 @@ from __future__ import annotations
 
 import io
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+try:  # dftflow's compiled reader (built at install, see hatch_build.py): exact, releases the GIL
+    from dftflow._speedups import parse_doubles, parse_fixed
+except ImportError:  # pragma: no cover - installed without a C compiler
+    parse_doubles = parse_fixed = None
 try:  # pymatgen's fast_float-based reader (pymatgen >= 2025.6), about 4x numpy's
     from pymatgen.optimization.fast_parser import parse_n_doubles
 except ImportError:  # pragma: no cover - older pymatgen
     parse_n_doubles = None
 
+# A block is read on several threads only when each gets at least this many values.
+_VALUES_PER_THREAD = 1 << 17
 # ASCII digits of 0..999, zero-padded: the lookup table of format_fortran.
 _THREE_DIGITS = np.array([[ord(c) for c in f"{i:03d}"] for i in range(1000)], dtype=np.uint8)
 # A mantissa followed by a Fortran exponent that Python's float() rejects:
@@ -48,12 +56,19 @@ def parse_token(token: str) -> float | None:
 def parse_clean_block(buf: bytes, start: int, end: int, n: int) -> np.ndarray | None:
     """Parse ``buf[start:end]`` if it is exactly ``n`` numbers; None means "look closer".
 
-    The caller has checked that the block's lines all have the length of its first
-    line (the fixed-width layout VASP writes), which rules out a value missing from
-    a line. None is returned when the ``n``-th number does not end the block (a
+    For a grid the caller has checked that the block's lines all have the length of
+    its first line (the fixed-width layout VASP writes), which rules out a value
+    missing from a line; for augmentation occupancies the count alone decides, as
+    it did when they were split into tokens. None is returned when the ``n``-th number does not end the block (a
     token read as two numbers, such as a mis-split exponent ``0.1-100``), or the
     parse stops early (garbage, or the block is short).
     """
+    if parse_doubles is not None:
+        values = np.empty(n)
+        count, stop = parse_doubles(buf, start, end, values)
+        if count != n or buf[stop:end].strip():
+            return None
+        return values
     if parse_n_doubles is None:
         try:
             values = np.array(buf[start:end].split(), dtype=np.float64)
@@ -66,6 +81,37 @@ def parse_clean_block(buf: bytes, start: int, end: int, n: int) -> np.ndarray | 
     if parse_n_doubles(stream, values, n) != n:
         return None
     stop = stream.tell()
+    if stop > end or buf[stop:end].strip():
+        return None
+    return values
+
+
+def parse_fixed_block(buf: bytes, start: int, end: int, n: int, line_width: int, per_line: int,
+                      threads: int = 1) -> np.ndarray | None:
+    """``n`` numbers in VASP's grid layout (lines of ``line_width`` bytes, newline included,
+    ``per_line`` equal fields), each field read on its own; None means "look closer".
+
+    The caller has checked that the full lines end at the same column. ``threads``
+    > 1 reads a large block in that many pieces of whole lines at once (the reader
+    releases the GIL). Needs the compiled reader; None without it.
+    """
+    if parse_fixed is None or (line_width - 1) % per_line:
+        return None
+    values = np.empty(n)
+    lines = -(-n // per_line)
+    pieces = max(1, min(threads, n // _VALUES_PER_THREAD))
+    cuts = [lines * k // pieces for k in range(pieces + 1)]
+    jobs = [(start + a * line_width, values[a * per_line : min(n, b * per_line)]) for a, b in zip(cuts, cuts[1:])]
+    if pieces == 1:
+        counts = [parse_fixed(buf, start, line_width, per_line, values)]
+    else:
+        with ThreadPoolExecutor(pieces - 1) as pool:
+            rest = [pool.submit(parse_fixed, buf, at, line_width, per_line, out) for at, out in jobs[1:]]
+            counts = [parse_fixed(buf, jobs[0][0], line_width, per_line, jobs[0][1])] + [f.result() for f in rest]
+    if any(count != out.size for count, (_, out) in zip(counts, jobs)):
+        return None
+    line, column = divmod(n - 1, per_line)
+    stop = start + line * line_width + (column + 1) * ((line_width - 1) // per_line)  # after the last field
     if stop > end or buf[stop:end].strip():
         return None
     return values

@@ -21,7 +21,7 @@ import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
 from dftflow.compression import decompress
-from dftflow.density._fortran import parse_clean_block, parse_token
+from dftflow.density._fortran import parse_clean_block, parse_fixed_block, parse_token
 from dftflow.density.model import BLOCK_KEYS, all_finite
 from dftflow.errors import DensityError
 
@@ -49,8 +49,8 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 class Reader:
     """A cursor over the bytes of one file, with errors that name the file and line."""
 
-    def __init__(self, buf: bytes, path: str) -> None:
-        self.buf, self.path, self.pos = buf, path, 0
+    def __init__(self, buf: bytes, path: str, c_order: bool = True, threads: int = 1) -> None:
+        self.buf, self.path, self.pos, self.c_order, self.threads = buf, path, 0, c_order, threads
 
     def error(self, reason: str, pos: int | None = None, line: int | None = None) -> DensityError:
         if line is None:
@@ -242,7 +242,8 @@ class Reader:
                 f"the {name} holds a non-finite value ({values[bad[0]]}) at grid point {bad[0]}",
                 line=self.line_number(start) + int(bad[0]) // per_line,
             )
-        return np.ascontiguousarray(values.reshape(shape, order="F"))
+        grid = values.reshape(shape, order="F")  # x fastest, as the file has it
+        return np.ascontiguousarray(grid) if self.c_order else grid
 
     def _fast_block(self, n: int) -> np.ndarray | None:
         """Values of a block written as VASP does (equal lines), or None to look closer."""
@@ -262,7 +263,9 @@ class Reader:
         end = len(buf) if end < 0 else end
         if end - last > width - 1:
             return None
-        values = parse_clean_block(buf, start, end, n)
+        values = parse_fixed_block(buf, start, end, n, width, per_line, self.threads)
+        if values is None:
+            values = parse_clean_block(buf, start, end, n)
         if values is not None:
             self.pos = min(end + 1, len(buf))
         return values
@@ -329,12 +332,8 @@ class Reader:
             end = self.buf.find(b"\n", end + 1)
             if end < 0:
                 return None
-        tokens = self.buf[self.pos : end].split()
-        if len(tokens) != n:
-            return None
-        try:
-            values = np.array(tokens, dtype=np.float64)
-        except ValueError:  # a header, a mis-split exponent or garbage: read line by line
+        values = parse_clean_block(self.buf, self.pos, end, n)
+        if values is None:  # a header, a mis-split exponent, garbage or a count off: read line by line
             return None
         if not np.isfinite(values).all():
             return None

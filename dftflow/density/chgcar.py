@@ -55,6 +55,8 @@ def read_chgcar(
     nelect: float | None = None,
     nelect_tol: float = 1e-2,
     species: Sequence[str] | None = None,
+    c_order: bool = True,
+    threads: int = 1,
 ) -> Density:
     """Read a CHGCAR-format file (plain, gzip, bzip2 or xz, recognised by content).
 
@@ -70,6 +72,12 @@ def read_chgcar(
     species
         Element of each species group, for a VASP 4 file whose header has no species
         line and whose comment line does not name them.
+    c_order
+        False keeps each grid in the file's memory order (Fortran: x fastest), which
+        saves a transposing copy for callers that do not care (the harvest); the
+        values and their indexing ``grid[x, y, z]`` are the same either way.
+    threads
+        Read each large grid on this many threads (needs dftflow's compiled reader).
 
     Returns
     -------
@@ -82,7 +90,7 @@ def read_chgcar(
         The file is missing, cut short, garbled, inconsistent, or its electron count
         is not ``nelect``.
     """
-    reader = Reader(read_bytes(path), str(path))
+    reader = Reader(read_bytes(path), str(path), c_order=c_order, threads=threads)
     structure = reader.header(species)
     blocks, augmentation, moments = reader.body(len(structure))
     keys = BLOCK_KEYS[len(blocks)]
