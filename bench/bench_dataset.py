@@ -17,9 +17,13 @@ Measured in the same run, on one core:
    Fortran numbers and electron count, float32 + shuffle + gzip, manifest),
    against ``pymatgen Chgcar.from_file`` + ``VolumetricData.to_hdf5`` on the
    same files. MB/s of CHGCAR text (uncompressed size), wall clock and CPU
-   seconds of the process; medians of ``--repeat`` interleaved runs.
-   ``--threads N`` deflates each grid's chunks on N threads; ``--level L`` is
-   their deflate level (ISA-L 0-3, default ``store.DEFLATE_LEVEL``).
+   seconds of the process; medians of ``--repeat`` interleaved runs. The
+   harvest also fsyncs each shard before the manifest points at it, which
+   pymatgen's ``to_hdf5`` does not. ``--threads N`` reads each large grid in
+   N pieces and deflates its chunks on N threads; ``--level L`` is their
+   deflate level (ISA-L 0-3, default ``store.DEFLATE_LEVEL``).
+   **Read**: dftflow's read with every check and the float32 record (nothing
+   stored) against ``Chgcar.from_file`` alone, in CPU seconds.
 2. **Bytes per grid point** on disk against raw float64 (8 bytes), per set.
 3. **Loader**: ``ProbeDataset`` items per second with 200 probes each (cold
    and warm page cache alike: the data are on local disk), and full-grid
@@ -164,6 +168,27 @@ def time_pymatgen(dirs: list[Path], scratch: Path) -> tuple[float, float, int]:
     return elapsed, cpu, sum(p.stat().st_size for p in scratch.glob("ref*.h5"))
 
 
+def time_pymatgen_parse(dirs: list[Path]) -> float:
+    """CPU seconds of ``Chgcar.from_file`` alone (pymatgen's parse, no checks, nothing written)."""
+    from pymatgen.io.vasp import Chgcar
+
+    c0 = time.process_time()
+    for d in dirs:
+        Chgcar.from_file(str(next(d.glob("CHGCAR*"))))
+    return time.process_time() - c0
+
+
+def time_dftflow_read(set_root: Path) -> float:
+    """CPU seconds of dftflow's read with every check (parse, counts, finiteness, electrons, float32 record)."""
+    from dftflow.dataset.harvest import _load, from_directory
+
+    items = list(from_directory(set_root))
+    c0 = time.process_time()
+    for item in items:
+        _load(item)
+    return time.process_time() - c0
+
+
 def stored_values(root: Path) -> int:
     """Grid values stored (total plus magnetisation grids) in a dataset."""
     from dftflow.dataset.store import Dataset
@@ -236,12 +261,12 @@ def main() -> None:
         sets = make_inputs(root / "in")
         print(f"inputs written in {time.perf_counter() - t0:.1f} s (not part of any timing)\n")
         head = f"{'set':<14}{'files':>6}{'text MB':>9}{'dftflow MB/s':>14}{'pymatgen MB/s':>15}{'ratio':>7}" \
-               f"{'cpu ratio':>10}{'bytes/val':>10}{'vs f64':>8}{'pmg B/val':>10}"
+               f"{'cpu ratio':>10}{'read ratio':>11}{'bytes/val':>10}{'vs f64':>8}{'pmg B/val':>10}"
         print(head)
         print("-" * len(head))
         for name, dirs in sets.items():
             mb = text_bytes(dirs) / 1e6
-            ours, ref, ours_cpu, ref_cpu = [], [], [], []
+            ours, ref, ours_cpu, ref_cpu, read, parse = [], [], [], [], [], []
             for _ in range(args.repeat):
                 t, cpu, summary = time_dftflow(root / "in" / name, root / "out" / name, args.threads, args.level)
                 assert summary["stored"] == len(dirs) and summary["quarantined"] == 0, summary
@@ -253,6 +278,8 @@ def main() -> None:
                 ref.append(t_ref)
                 ref_cpu.append(cpu_ref)
                 shutil.rmtree(scratch)
+                read.append(time_dftflow_read(root / "in" / name))
+                parse.append(time_pymatgen_parse(dirs))
             values = stored_values(root / "out" / name)
             level = shard_level(root / "out" / name)
             ours_bytes = sum(p.stat().st_size for p in (root / "out" / name / "shards").glob("*.h5"))
@@ -262,15 +289,20 @@ def main() -> None:
                  "pymatgen_MB_per_s": mb / med(ref), "ratio": med(ref) / med(ours),
                  "dftflow_cpu_MB_per_s": mb / med(ours_cpu), "pymatgen_cpu_MB_per_s": mb / med(ref_cpu),
                  "cpu_ratio": med(ref_cpu) / med(ours_cpu), "threads": args.threads, "level": level,
+                 "dftflow_read_cpu_MB_per_s": mb / med(read), "pymatgen_parse_cpu_MB_per_s": mb / med(parse),
+                 "read_ratio": med(parse) / med(read),
                  "bytes_per_value": bpp, "vs_float64": bpp / 8.0, "pymatgen_hdf5_bytes_per_value": ref_bytes / values,
                  "grid_values": values}
             results[name] = r
             print(f"{name:<14}{len(dirs):>6}{mb:>9.1f}{r['dftflow_MB_per_s']:>14.1f}{r['pymatgen_MB_per_s']:>15.1f}"
-                  f"{r['ratio']:>7.2f}{r['cpu_ratio']:>10.2f}{bpp:>10.3f}{bpp / 8:>8.3f}{ref_bytes / values:>10.2f}")
+                  f"{r['ratio']:>7.2f}{r['cpu_ratio']:>10.2f}{r['read_ratio']:>11.2f}{bpp:>10.3f}{bpp / 8:>8.3f}"
+                  f"{ref_bytes / values:>10.2f}")
         print(f"\ngrid chunks: float32, shuffle + deflate ({level})")
         print("ratio = dftflow throughput / pymatgen throughput, wall clock (target >= 1.0); cpu ratio = the same "
-              "in CPU seconds of this\nprocess (per core; steadier than wall time on a shared machine); medians of "
-              "interleaved runs; bytes/val = shard file bytes "
+              "in CPU seconds of this\nprocess (per core; steadier than wall time on a shared machine); read ratio = "
+              "CPU time of pymatgen's Chgcar.from_file alone\nover dftflow's read with every check (parse, value "
+              "counts, finiteness, electron count, float32 record; nothing stored); medians of\ninterleaved runs; "
+              "bytes/val = shard file bytes "
               "per stored grid value\n(total and magnetisation grids, all metadata included); vs f64 = bytes/val / 8 "
               "(target <= 0.35); pmg B/val = the same for pymatgen's to_hdf5 files\n")
         for name in ("ecd-grid", "real"):
