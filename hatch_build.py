@@ -28,7 +28,7 @@ def compile_speedups(root: Path) -> Path:
 
     unix = os.name == "posix"
     extension = Extension("dftflow._speedups", sources=[SOURCE],
-                          extra_compile_args=["-O3", "-std=c99", "-Wall"] if unix else ["/O2"])
+                          extra_compile_args=["-O3", "-Wall"] if unix else ["/O2"])
     build = root / "build" / f"speedups-{sysconfig.get_platform()}-{sysconfig.get_python_version()}"
     cwd = os.getcwd()
     os.chdir(root)  # setuptools resolves the sources relative to the working directory

@@ -53,8 +53,8 @@ static inline int is_space(unsigned char c) {
 
 static inline int is_digit(unsigned char c) { return (unsigned char)(c - '0') < 10; }
 
-/* Eight ASCII digits at once (little-endian loads), as in Lemire's fast_float. */
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* Eight ASCII digits at once (little-endian loads, GCC/Clang builtins), as in Lemire's fast_float. */
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define DFTFLOW_SWAR 1
 static inline uint64_t load8(const unsigned char *p) {
     uint64_t v;
@@ -282,6 +282,7 @@ static PyObject *parse_doubles(PyObject *self, PyObject *args) {
     {
         const unsigned char *base = (const unsigned char *)text.buf;
         const unsigned char *p = base + start, *stop_at = base + end, *last = p, *text_end = base + text.len;
+        (void)text_end; /* used by the eight-digit path only */
         double *values = (double *)out.buf;
         Py_ssize_t capacity = out.len / 8, count = 0;
         PyThreadState *save = PyEval_SaveThread();
@@ -313,17 +314,15 @@ done:
 #if DFTFLOW_SWAR
 /*
  * The layout of a grid's fields, taken from its first field: the mantissa's
- * digit count (8..15, so w < 10^15 < 2^53 stays exact) and the characters
- * before its point.  Fields that match are read at fixed offsets from their
- * end: [spaces][-][0].ddd...dE+dd.
+ * digit count (8..15, so w < 10^15 < 2^53 stays exact).  Fields that match
+ * are read at fixed offsets from their end: [spaces][-][0].ddd...dE+dd.
  */
 typedef struct {
-    int digits;  /* mantissa digits after the point; 0: no template */
-    int prefix;  /* characters before the point */
+    int digits; /* mantissa digits after the point; 0: no template */
 } Template;
 
 static Template field_template(const unsigned char *field, Py_ssize_t width) {
-    Template t = {0, 0};
+    Template t = {0};
     if (width < 14 || width > 40) return t;
     const unsigned char *end = field + width;
     if (!(end[-4] == 'E' || end[-4] == 'e')) return t;
@@ -332,7 +331,6 @@ static Template field_template(const unsigned char *field, Py_ssize_t width) {
     int digits = (int)(end - 4 - dot - 1);
     if (digits < 8 || digits > 15) return t;
     t.digits = digits;
-    t.prefix = (int)(dot - field);
     return t;
 }
 
@@ -343,15 +341,15 @@ static inline int read_templated(const unsigned char *field, const unsigned char
     const unsigned char *dot = end - 5 - digits;
     if (*dot != '.' || end - 20 < base) return NUM_BAD;
     /* before the point: spaces, then an optional '-', then an optional '0' */
-    const unsigned char *c = dot - 1;
-    if (c >= field && *c == '0') --c;
+    Py_ssize_t i = dot - field - 1;
+    if (i >= 0 && field[i] == '0') --i;
     int negative = 0;
-    if (c >= field && *c == '-') {
+    if (i >= 0 && field[i] == '-') {
         negative = 1;
-        --c;
+        --i;
     }
-    for (; c >= field; --c)
-        if (*c != ' ') return NUM_BAD;
+    for (; i >= 0; --i)
+        if (field[i] != ' ') return NUM_BAD;
     if (!(end[-4] == 'E' || end[-4] == 'e') || !(end[-3] == '+' || end[-3] == '-') || !is_digit(end[-2]) ||
         !is_digit(end[-1]))
         return NUM_BAD;
@@ -405,7 +403,7 @@ static PyObject *parse_fixed(PyObject *self, PyObject *args) {
         Py_ssize_t count = 0;
         PyThreadState *save = PyEval_SaveThread();
 #if DFTFLOW_SWAR
-        const Template t = base + start + field <= text_end ? field_template(base + start, field) : (Template){0, 0};
+        const Template t = base + start + field <= text_end ? field_template(base + start, field) : (Template){0};
 #endif
         for (const unsigned char *line = base + start; count < n; line += line_width) {
             for (Py_ssize_t column = 0; column < per_line && count < n; ++column, ++count) {
