@@ -59,9 +59,10 @@ def parse_clean_block(buf: bytes, start: int, end: int, n: int) -> np.ndarray | 
     For a grid the caller has checked that the block's lines all have the length of
     its first line (the fixed-width layout VASP writes), which rules out a value
     missing from a line; for augmentation occupancies the count alone decides, as
-    it did when they were split into tokens. None is returned when the ``n``-th number does not end the block (a
-    token read as two numbers, such as a mis-split exponent ``0.1-100``), or the
-    parse stops early (garbage, or the block is short).
+    it did when they were split into tokens. None is returned when the ``n``-th
+    number does not end the block (a token read as two numbers, such as a
+    mis-split exponent ``0.1-100``), or the parse stops early (garbage, or the
+    block is short).
     """
     if parse_doubles is not None:
         values = np.empty(n)
