@@ -265,7 +265,7 @@ def test_wheel_carries_a_bundled_model(trained: Path, tmp_path: Path) -> None:
     shutil.copytree(REPO / "dftflow", src / "dftflow", ignore=skip)
     for name in ("workflows", "inputsets", "ml", "cluster_profiles"):
         shutil.copytree(REPO / name, src / name, ignore=skip)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "hatch_build.py", "README.md"):
         shutil.copy(REPO / name, src / name)
     (src / ".gitignore").write_text((REPO / ".gitignore").read_text() + "*.pt\n")  # the wheel must not care
     registry.strip_checkpoint(trained, src / "dftflow" / "models" / "tiny-si.pt", engine="gpaw")
