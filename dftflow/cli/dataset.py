@@ -19,8 +19,8 @@ def harvest(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory (created if missing).")],
     workers: WorkersOpt = None,
     compression: Annotated[str, typer.Option(help="gzip (smaller) or lzf (faster).")] = "gzip",
-    threads: Annotated[int, typer.Option(min=1, help="Threads that deflate the chunks of each grid "
-                                                      "(cores for one large file; gzip only).")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Threads that read each large grid in pieces and deflate "
+                                                      "its chunks (cores for one large file).")] = 1,
     functional: Annotated[str | None, typer.Option(
         help="Label every density of a CHGCAR tree with this functional (PBE, PBE+U, HSE06); "
              "needed where no OUTCAR lies beside the CHGCARs.")] = None,
