@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 
 import numpy as np
 import pytest
@@ -163,3 +164,44 @@ def test_shuffled_chunks_equal_hdf5s_shuffle_of_the_c_ordered_chunk(shape):
         speedups.shuffle_chunk(data.astype(np.float64), 0, 1)
     with pytest.raises(ValueError):
         speedups.shuffle_chunk(data, shape[2], 1)
+
+
+_PLAIN = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
+
+
+def test_random_text_is_read_up_to_the_first_token_that_is_not_a_plain_number():
+    """Mutated numbers and garbage: every value read equals float(token), and the parse stops exactly at the
+    first token outside the grammar (or reads them all); fixed-width reads agree with the token reads."""
+    rng = np.random.default_rng(11)
+    alphabet = list("0123456789.+-eEdD xn\t")
+    for _ in range(3000):
+        tokens = []
+        for _ in range(rng.integers(1, 12)):
+            if rng.random() < 0.7:
+                tokens.append(f"{rng.standard_normal() * 10.0 ** rng.integers(-30, 30):.{rng.integers(0, 14)}E}")
+            else:
+                tokens.append("".join(rng.choice(alphabet, size=rng.integers(1, 8))).strip() or "0")
+            if rng.random() < 0.2:  # damage one character
+                t = list(tokens[-1])
+                t[rng.integers(len(t))] = str(rng.choice(alphabet))
+                tokens[-1] = "".join(t).strip() or "1"
+        tokens = [t for tok in tokens for t in tok.split()]
+        text = " ".join(tokens).encode()
+        out = np.full(len(tokens) + 1, np.pi)
+        count, stop = speedups.parse_doubles(text, 0, len(text), out)
+        plain = [bool(_PLAIN.fullmatch(t)) for t in tokens]
+        expected = plain.index(False) if False in plain else len(tokens)
+        assert count == expected, (tokens, count)
+        assert _same_bits(out[:count], np.array([float(t) for t in tokens[:count]]))
+        assert out[count] == np.pi  # nothing written past the values read
+        width = 24  # the same tokens right-aligned in fields of one line
+        kept = [t for t in tokens if len(t) < width]
+        n = len(kept)
+        if n == 0:
+            continue
+        fields = "".join(t.rjust(width) for t in kept).encode() + b"\n"
+        got = np.empty(n)
+        read = speedups.parse_fixed(fields, 0, len(fields), n, got)
+        ok = [bool(_PLAIN.fullmatch(t)) for t in kept]
+        assert read == (ok.index(False) if False in ok else n)
+        assert _same_bits(got[:read], np.array([float(t) for t in kept[:read]]))
