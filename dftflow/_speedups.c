@@ -257,6 +257,38 @@ static int read_slow(const unsigned char *p, const unsigned char *q, double *val
     return ok;
 }
 
+/*
+ * The number that starts at p (not a space) and ends before `end`: the
+ * eight-digit reader where 32 bytes can be read, else the general one, and
+ * strtod for what neither reads exactly.  Returns 1 with *value set and *next
+ * just past the number, 0 for a token that is not a plain number.
+ */
+static inline int read_token(const unsigned char *p, const unsigned char *end, const unsigned char *text_end,
+                             const unsigned char **next, double *value, PyThreadState **save) {
+    const unsigned char *q = p;
+    int kind = NUM_BAD;
+#if DFTFLOW_SWAR
+    if (text_end - p >= 32) kind = read_e_format(&q, end, value);
+    if (kind == NUM_BAD)
+#else
+    (void)text_end;
+#endif
+        kind = read_number(&q, end, value);
+    if (kind == NUM_BAD || (kind == NUM_SLOW && !read_slow(p, q, value, save))) return 0;
+    *next = q;
+    return 1;
+}
+
+/* Whether `out` is a contiguous float64 buffer; sets TypeError when it is not. */
+static int float64_buffer(const Py_buffer *out) {
+    if (out->itemsize != 8 || out->len % 8 != 0 || !PyBuffer_IsContiguous(out, 'C') ||
+        (out->format != NULL && strcmp(out->format, "d") != 0)) {
+        PyErr_SetString(PyExc_TypeError, "out must be a contiguous float64 buffer");
+        return 0;
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(parse_doubles_doc,
 "parse_doubles(buf, start, end, out) -> (count, stop)\n\n"
 "Read whitespace-separated numbers from buf[start:end] into the float64 buffer\n"
@@ -270,11 +302,7 @@ static PyObject *parse_doubles(PyObject *self, PyObject *args) {
     (void)self;
     if (!PyArg_ParseTuple(args, "y*nnw*", &text, &start, &end, &out)) return NULL;
     PyObject *result = NULL;
-    if (out.itemsize != 8 || out.len % 8 != 0 || !PyBuffer_IsContiguous(&out, 'C') ||
-        (out.format != NULL && strcmp(out.format, "d") != 0)) {
-        PyErr_SetString(PyExc_TypeError, "out must be a contiguous float64 buffer");
-        goto done;
-    }
+    if (!float64_buffer(&out)) goto done;
     if (start < 0 || end > text.len || start > end) {
         PyErr_SetString(PyExc_ValueError, "start and end must lie within buf, start <= end");
         goto done;
@@ -282,25 +310,15 @@ static PyObject *parse_doubles(PyObject *self, PyObject *args) {
     {
         const unsigned char *base = (const unsigned char *)text.buf;
         const unsigned char *p = base + start, *stop_at = base + end, *last = p, *text_end = base + text.len;
-        (void)text_end; /* used by the eight-digit path only */
         double *values = (double *)out.buf;
         Py_ssize_t capacity = out.len / 8, count = 0;
         PyThreadState *save = PyEval_SaveThread();
         while (count < capacity) {
             while (p < stop_at && is_space(*p)) ++p;
-            if (p >= stop_at) break;
-            const unsigned char *q = p;
             double v;
-            int kind = NUM_BAD;
-#if DFTFLOW_SWAR
-            if (text_end - p >= 32) kind = read_e_format(&q, stop_at, &v);
-            if (kind == NUM_BAD)
-#endif
-                kind = read_number(&q, stop_at, &v);
-            if (kind == NUM_BAD) break;
-            if (kind == NUM_SLOW && !read_slow(p, q, &v, &save)) break;
+            if (p >= stop_at || !read_token(p, stop_at, text_end, &p, &v, &save)) break;
             values[count++] = v;
-            p = last = q;
+            last = p;
         }
         PyEval_RestoreThread(save);
         result = Py_BuildValue("nn", count, (Py_ssize_t)(last - base));
@@ -387,11 +405,7 @@ static PyObject *parse_fixed(PyObject *self, PyObject *args) {
     (void)self;
     if (!PyArg_ParseTuple(args, "y*nnnw*", &text, &start, &line_width, &per_line, &out)) return NULL;
     PyObject *result = NULL;
-    if (out.itemsize != 8 || out.len % 8 != 0 || !PyBuffer_IsContiguous(&out, 'C') ||
-        (out.format != NULL && strcmp(out.format, "d") != 0)) {
-        PyErr_SetString(PyExc_TypeError, "out must be a contiguous float64 buffer");
-        goto done;
-    }
+    if (!float64_buffer(&out)) goto done;
     if (per_line < 1 || line_width < 2 || (line_width - 1) % per_line != 0 || start < 0) {
         PyErr_SetString(PyExc_ValueError, "the line width (newline included) must hold per_line equal fields");
         goto done;
@@ -419,17 +433,9 @@ static PyObject *parse_fixed(PyObject *self, PyObject *args) {
                 }
 #endif
                 while (p < stop && *p == ' ') ++p;
-                if (p == stop) goto finished;
-                const unsigned char *q = p;
+                const unsigned char *q;
                 double v;
-                int kind = NUM_BAD;
-#if DFTFLOW_SWAR
-                if (text_end - p >= 32) kind = read_e_format(&q, stop, &v);
-                if (kind == NUM_BAD)
-#endif
-                    kind = read_number(&q, stop, &v);
-                if (kind == NUM_BAD || q != stop) goto finished;
-                if (kind == NUM_SLOW && !read_slow(p, q, &v, &save)) goto finished;
+                if (p == stop || !read_token(p, stop, text_end, &q, &v, &save) || q != stop) goto finished;
                 values[count] = v;
             }
         }

@@ -282,9 +282,8 @@ class ShardWriter:
 
     def _dataset(self, group: h5py.Group, name: str, data: np.ndarray) -> int:
         data = np.asarray(data, dtype=np.float32)
-        if not (self.compression == "gzip" and shuffle_chunk is not None and data.ndim == 3
-                and (data.flags.f_contiguous or data.flags.c_contiguous)):
-            data = np.ascontiguousarray(data)  # the compiled shuffler reads Fortran order as it is
+        if not (self.compression == "gzip" and shuffle_chunk is not None and data.ndim == 3):
+            data = np.ascontiguousarray(data)  # the compiled shuffler reads any memory order as it is
         # chunks of whole x-y planes, ~512 kB: a full-grid read touches each chunk once
         plane = int(np.prod(data.shape[:-1])) * 4
         depth = max(1, min(data.shape[-1], (512 * 1024) // max(plane, 1)))
