@@ -66,34 +66,54 @@ def _encode_chunk(data: np.ndarray, z0: int, depth: int, level: int = DEFLATE_LE
     return _compress(np.ascontiguousarray(block).view(np.uint8).reshape(-1, 4).T.tobytes(), level)
 
 
+_VLEN_STR = h5py.string_dtype()
+_TYPES: dict[tuple[str, bool], h5t.TypeID] = {}
+#: Arrays up to this size are stored in their dataset's object header (HDF5's compact
+#: layout): no separate block to allocate and index, which is most of the cost of the
+#: small per-material arrays (structure, occupancies); any HDF5 reader reads them alike.
+_COMPACT_BYTES = 16 * 1024
+
+
+def _h5type(dtype: np.dtype, logical: bool = True) -> h5t.TypeID:
+    """The HDF5 type h5py gives ``dtype`` (variable-length UTF-8 for str), made once per dtype."""
+    key = ("vlen-str" if dtype.kind == "O" and h5py.check_string_dtype(dtype) else dtype.str, logical)
+    if (tid := _TYPES.get(key)) is None:
+        tid = _TYPES[key] = h5t.py_create(dtype, logical=logical)
+    return tid
+
+
 def _new_dataset(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any,
-                 chunks: tuple[int, ...] | None = None) -> h5d.DatasetID:
-    """What ``group.create_dataset`` makes (contiguous, or chunked with shuffle + gzip), without h5py's checks."""
+                 chunks: tuple[int, ...] | None = None, compact: bool = False) -> h5d.DatasetID:
+    """What ``group.create_dataset`` makes (contiguous, compact, or chunked with shuffle + gzip),
+    without h5py's checks."""
     dcpl = h5p.create(h5p.DATASET_CREATE)
     if chunks is not None:
         dcpl.set_chunk(chunks)
         dcpl.set_shuffle()
         dcpl.set_deflate(1)
+    elif compact:
+        dcpl.set_layout(h5d.COMPACT)
     dcpl.set_obj_track_times(False)  # h5py's default
-    return h5d.create(group.id, name.encode(), h5t.py_create(np.dtype(dtype), logical=True), h5s.create_simple(shape),
-                      dcpl=dcpl)
+    return h5d.create(group.id, name.encode(), _h5type(np.dtype(dtype)), h5s.create_simple(shape), dcpl=dcpl)
 
 
 def _put(group: h5py.Group, name: str, data: np.ndarray) -> None:
-    """``group.create_dataset(name, data=data)`` for a small array."""
+    """``group.create_dataset(name, data=data)`` for a small array (compact when it fits)."""
     data = np.ascontiguousarray(data)
-    _new_dataset(group, name, data.shape, data.dtype).write(h5s.ALL, h5s.ALL, data)
+    compact = 0 < data.nbytes <= _COMPACT_BYTES
+    _new_dataset(group, name, data.shape, data.dtype, compact=compact).write(h5s.ALL, h5s.ALL, data)
 
 
-_VLEN_STR = h5py.string_dtype()
+_SCALAR = h5s.create(h5s.SCALAR)
 
 
 def _attr(obj: h5py.HLObject, name: str, value: Any) -> None:
     """``obj.attrs[name] = value`` for a new name (a str as variable-length UTF-8), without h5py's checks."""
     data = np.array(value, dtype=_VLEN_STR) if isinstance(value, str) else np.asarray(value)
-    attr = h5a.create(obj.id, name.encode(), h5t.py_create(data.dtype, logical=True), h5s.create_simple(data.shape))
+    space = _SCALAR if data.ndim == 0 else h5s.create_simple(data.shape)
+    attr = h5a.create(obj.id, name.encode(), _h5type(data.dtype), space)
     try:
-        attr.write(data, mtype=h5t.py_create(data.dtype))
+        attr.write(data, mtype=_h5type(data.dtype, logical=False))
     finally:
         attr.close()
 
@@ -348,7 +368,7 @@ class ShardWriter:
                 if value is not None:
                     _attr(g["augmentation"], key, value if isinstance(value, str | int) else json.dumps(value))
         for i, D in enumerate(record.get("density_matrices") or []):
-            g.create_dataset(f"paw_density_matrices/{i}", data=np.asarray(D, dtype=np.float64))
+            _put(g.require_group("paw_density_matrices"), str(i), np.asarray(D, dtype=np.float64))
         for key in ("nelect", "electrons", "electrons_diff", "functional", "engine", "engine_version",
                     "settings_hash", "source", "formula"):
             if record.get(key) is not None:

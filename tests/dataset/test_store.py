@@ -214,6 +214,8 @@ def test_material_objects_are_what_h5pys_high_level_calls_make(tmp_path: Path) -
     # The writer creates datasets and attributes through h5py's low-level API (fewer checks per object);
     # readers must see exactly what create_dataset / attrs[...] = would have written.
     rec = record(0)
+    rng = np.random.default_rng(1)
+    rec["augmentation"]["diff"] = [rng.random(2500), rng.random(7)]  # 20 kB: too large for a compact dataset
     w = ShardWriter(tmp_path / "ds")
     assert w.claim("m")
     w.write("m", rec)
@@ -241,6 +243,14 @@ def test_material_objects_are_what_h5pys_high_level_calls_make(tmp_path: Path) -
             assert ours.get_type().equal(theirs.get_type()) and ours.shape == theirs.shape, key
             np.testing.assert_array_equal(g.attrs[key], r.attrs[key])
         assert isinstance(g.attrs["functional"], str) and g.attrs["electrons"] == rec["electrons"]
+        # small arrays live in their object headers (compact layout), large ones outside (contiguous)
+        layout = {name: g[name].id.get_create_plist().get_layout()
+                  for name in ("structure/lattice", "augmentation/total/values", "paw_density_matrices/0",
+                               "augmentation/diff/values")}
+        assert layout == {"structure/lattice": h5py.h5d.COMPACT, "augmentation/total/values": h5py.h5d.COMPACT,
+                          "paw_density_matrices/0": h5py.h5d.COMPACT, "augmentation/diff/values": h5py.h5d.CONTIGUOUS}
+        np.testing.assert_array_equal(g["augmentation/diff/values"][()], np.concatenate(rec["augmentation"]["diff"]))
+        np.testing.assert_array_equal(g["paw_density_matrices/1"][()], rec["density_matrices"][1])
 
 
 def test_claim_many_takes_what_claim_would_in_batches(tmp_path: Path) -> None:
