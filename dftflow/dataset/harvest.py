@@ -214,16 +214,16 @@ def _load(item: HarvestItem, threads: int = 1) -> dict[str, Any]:
 
     ``threads`` read each large grid in pieces at once.
     """
-    from dftflow.density.chgcar import read_chgcar
+    from dftflow.density.chgcar import read_chgcar_and_sums
 
     meta = dict(item.meta)
     if item.outcar:
         meta = {**outcar_meta(Path(item.outcar)), **meta}
     # Fortran order as the file has it: the store's chunk shuffler reads either order, so nothing is transposed
-    density = read_chgcar(item.chgcar, nelect=meta.get("nelect"), c_order=False, threads=threads)
+    density, sums = read_chgcar_and_sums(item.chgcar, nelect=meta.get("nelect"), c_order=False, threads=threads)
     if item.outcar:
         check_against_outcar(density, item, meta)
-    record = record_from_density(density, meta)
+    record = record_from_density(density, meta, sums)
     if density.augmentation is not None:
         record["augmentation_meta"] = augmentation_meta(density, item, meta)
     if item.density_npz and Path(item.density_npz).exists():
@@ -296,19 +296,25 @@ def rho32(grid: np.ndarray, volume: float) -> np.ndarray:
     return out
 
 
-def record_from_density(density: Any, meta: dict[str, Any]) -> dict[str, Any]:
-    """The store's record: rho in e/Å³ (float32, as stored), float64 electron counts, structure, metadata."""
+def record_from_density(density: Any, meta: dict[str, Any], sums: list[float] | None = None) -> dict[str, Any]:
+    """The store's record: rho in e/Å³ (float32, as stored), float64 electron counts, structure, metadata.
+
+    ``sums``: the blocks' sums from the reader (:func:`~dftflow.density.chgcar.read_chgcar_and_sums`), the
+    same numbers as summing the grids here, which saves a pass over each.
+    """
     volume = density.structure.volume
     structure = density.structure
+    if sums is None:
+        sums = [float(np.sum(density.total, dtype=np.float64)),
+                *([] if density.diff is None else [float(np.sum(density.diff, dtype=np.float64))])]
     record = {
         **meta,
         "total": rho32(density.total, volume),
         "diff": None if density.diff is None else rho32(density.diff, volume),
         "magnetisation": None if density.magnetisation is None else rho32(density.magnetisation, volume),
         "augmentation": density.augmentation,
-        "electrons": float(np.sum(density.total, dtype=np.float64) / density.total.size),
-        "electrons_diff": None if density.diff is None else float(np.sum(density.diff, dtype=np.float64)
-                                                                   / density.diff.size),
+        "electrons": sums[0] / density.total.size,
+        "electrons_diff": None if density.diff is None else sums[1] / density.diff.size,
         "lattice": structure.lattice.matrix,
         "frac_coords": structure.frac_coords,
         "numbers": [site.specie.Z for site in structure],

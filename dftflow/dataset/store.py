@@ -54,6 +54,9 @@ except ImportError:  # pragma: no cover - installed without a C compiler
 #: (``deflate``). On the bench's grids ISA-L 0/1/2/3 give 2.77/2.35/2.21/2.19 bytes per value and take
 #: 0.85/1.0/1.0/2.3x the time of 1 (bench/bench_dataset.py --level).
 DEFLATE_LEVEL = 2
+#: With ``threads`` > 1, grids of at least this many values are deflated on the pool; smaller ones
+#: take less time to deflate than to hand over, and are deflated where they are written.
+_POOL_VALUES = 1 << 17
 
 
 def _encode_chunk(data: np.ndarray, z0: int, depth: int, level: int = DEFLATE_LEVEL) -> bytes:
@@ -319,7 +322,7 @@ class ShardWriter:
         # directly, because ISA-L deflates several times faster than zlib.
         ds = _new_dataset(group, name, data.shape, np.float32, chunks)
         offsets = [((0,) * (data.ndim - 1) + (z0,), z0) for z0 in range(0, data.shape[-1], depth)]
-        if self._pool is not None:  # deflated in the background, written by _drain
+        if self._pool is not None and data.size >= _POOL_VALUES:  # deflated in the background, written by _drain
             self._grids.append((ds, [(at, self._pool.submit(_encode_chunk, data, z0, depth, self.level))
                                      for at, z0 in offsets]))
             return 0

@@ -22,7 +22,7 @@ from pymatgen.core import Element, Lattice, Structure
 
 from dftflow.compression import decompress
 from dftflow.density._fortran import parse_clean_block, parse_fixed_block, parse_token
-from dftflow.density.model import BLOCK_KEYS, all_finite
+from dftflow.density.model import BLOCK_KEYS, checked_sum
 from dftflow.errors import DensityError
 
 _AUG = b"augmentation occupancies"
@@ -51,6 +51,7 @@ class Reader:
 
     def __init__(self, buf: bytes, path: str, c_order: bool = True, threads: int = 1) -> None:
         self.buf, self.path, self.pos, self.c_order, self.threads = buf, path, 0, c_order, threads
+        self.sums: list[float] = []  # np.sum of each data block read, in file order
 
     def error(self, reason: str, pos: int | None = None, line: int | None = None) -> DensityError:
         if line is None:
@@ -236,12 +237,14 @@ class Reader:
         values = self._fast_block(n)
         if values is None:
             values = self._careful_block(n, name)
-        if not all_finite(values):  # the careful path has checked that all lines but the last hold per_line values
+        total = checked_sum(values)
+        if total is None:  # the careful path has checked that all lines but the last hold per_line values
             bad = np.flatnonzero(~np.isfinite(values))
             raise self.error(
                 f"the {name} holds a non-finite value ({values[bad[0]]}) at grid point {bad[0]}",
                 line=self.line_number(start) + int(bad[0]) // per_line,
             )
+        self.sums.append(total)
         grid = values.reshape(shape, order="F")  # x fastest, as the file has it
         return np.ascontiguousarray(grid) if self.c_order else grid
 

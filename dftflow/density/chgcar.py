@@ -46,7 +46,7 @@ from dftflow.density._reader import Reader, read_bytes
 from dftflow.density.model import BLOCK_KEYS, Density
 from dftflow.errors import DensityError
 
-__all__ = ["read_chgcar", "write_chgcar"]
+__all__ = ["read_chgcar", "read_chgcar_and_sums", "write_chgcar"]
 
 
 def read_chgcar(
@@ -90,6 +90,22 @@ def read_chgcar(
         The file is missing, cut short, garbled, inconsistent, or its electron count
         is not ``nelect``.
     """
+    return read_chgcar_and_sums(path, nelect=nelect, nelect_tol=nelect_tol, species=species, c_order=c_order,
+                                threads=threads)[0]
+
+
+def read_chgcar_and_sums(
+    path: str | os.PathLike,
+    *,
+    nelect: float | None = None,
+    nelect_tol: float = 1e-2,
+    species: Sequence[str] | None = None,
+    c_order: bool = True,
+    threads: int = 1,
+) -> tuple[Density, list[float]]:
+    """:func:`read_chgcar`, and the sum of each data block in file order (``np.sum`` of its
+    values as the file lists them), from the pass that checked them: ``sums[0] / grid size``
+    is the number of electrons without another pass over the grid."""
     reader = Reader(read_bytes(path), str(path), c_order=c_order, threads=threads)
     structure = reader.header(species)
     blocks, augmentation, moments = reader.body(len(structure))
@@ -102,13 +118,15 @@ def read_chgcar(
         augmentation=dict(zip(keys, augmentation)) if augmentation else None,
         source=str(path),
         moments=moments,
+        checked=True,  # every block was summed and its values found finite
     )
-    if nelect is not None and abs(density.electrons() - nelect) > nelect_tol:
+    electrons = reader.sums[0] / blocks[0].size
+    if nelect is not None and abs(electrons - nelect) > nelect_tol:
         raise DensityError(
-            f"{path}: the density integrates to {density.electrons():.6f} electrons, "
+            f"{path}: the density integrates to {electrons:.6f} electrons, "
             f"expected NELECT = {nelect:g} (tolerance {nelect_tol:g})"
         )
-    return density
+    return density, reader.sums
 
 
 def write_chgcar(density: Density, path: str | os.PathLike) -> None:

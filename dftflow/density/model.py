@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import InitVar, dataclass
 
 import numpy as np
 from pymatgen.core import Structure
@@ -57,20 +58,23 @@ class Density:
     augmentation: dict[str, list[np.ndarray]] | None = None
     source: str = ""
     moments: np.ndarray | None = None
+    #: The grids are float64 arrays whose finiteness the caller has checked (a reader that
+    #: summed them already): their own check, a pass over every value, is skipped.
+    checked: InitVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, checked: bool = False) -> None:
         where = self.source or "Density"
-        self.total = _grid(self.total, "total", where)
+        self.total = _grid(self.total, "total", where, checked)
         if self.total.ndim != 3 or 0 in self.total.shape:
             raise DensityError(f"{where}: total must be a non-empty 3-D grid, got shape {self.total.shape}")
         if self.diff is not None and self.magnetisation is not None:
             raise DensityError(f"{where}: set either diff (collinear) or magnetisation (non-collinear), not both")
         if self.diff is not None:
-            self.diff = _grid(self.diff, "diff", where)
+            self.diff = _grid(self.diff, "diff", where, checked)
             if self.diff.shape != self.total.shape:
                 raise DensityError(f"{where}: diff has shape {self.diff.shape}, total {self.total.shape}")
         if self.magnetisation is not None:
-            self.magnetisation = _grid(self.magnetisation, "magnetisation", where)
+            self.magnetisation = _grid(self.magnetisation, "magnetisation", where, checked)
             if self.magnetisation.shape != (3, *self.total.shape):
                 raise DensityError(
                     f"{where}: magnetisation must have shape {(3, *self.total.shape)}, got {self.magnetisation.shape}"
@@ -113,17 +117,26 @@ class Density:
         return self.total / self.structure.volume
 
 
-def all_finite(values: np.ndarray) -> bool:
-    """Whether every value is finite: a finite sum proves it (a NaN or infinity makes the sum non-finite),
-    and is cheaper than a mask; only a sum that overflows is checked value by value."""
+def checked_sum(values: np.ndarray) -> float | None:
+    """``np.sum(values)``, or None when a value is not finite.
+
+    A finite sum proves every value finite (a NaN or infinity makes the sum
+    non-finite) and is cheaper than a mask; only a sum that overflows is checked
+    value by value. One pass gives a grid's check and its electron count.
+    """
     with np.errstate(over="ignore", invalid="ignore"):
-        total = np.sum(values)
-    return bool(np.isfinite(total)) or bool(np.isfinite(values).all())
+        total = float(np.sum(values))
+    return total if math.isfinite(total) or bool(np.isfinite(values).all()) else None
 
 
-def _grid(values: np.ndarray, name: str, where: str) -> np.ndarray:
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite (see :func:`checked_sum`)."""
+    return checked_sum(values) is not None
+
+
+def _grid(values: np.ndarray, name: str, where: str, checked: bool = False) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
-    if not all_finite(array):
+    if not (checked and array is values) and not all_finite(array):
         raise DensityError(f"{where}: {name} holds non-finite values")
     return array
 

@@ -132,6 +132,34 @@ def test_electron_counts_of_the_fixtures(shared):
     assert density.rho().mean() * density.structure.volume == pytest.approx(8.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("name", FIXTURES)
+def test_block_sums_are_the_grids_sums_from_the_checking_pass(shared, name):
+    # The harvest takes its electron counts from the sums the reader made while checking each block;
+    # in the file's order they are np.sum of the grids bit for bit, so the counts stored do not change.
+    from dftflow.density.chgcar import read_chgcar_and_sums
+
+    density, sums = read_chgcar_and_sums(shared / FIXTURES[name], c_order=False)
+    assert sums == [float(np.sum(block)) for block in density.blocks()]
+    c_density, c_sums = read_chgcar_and_sums(shared / FIXTURES[name])  # C order: the same sums, as read
+    assert c_sums == sums and c_density.electrons() == pytest.approx(sums[0] / density.total.size, rel=1e-14)
+    from dftflow.dataset.harvest import record_from_density
+
+    with_sums, summed_here = record_from_density(density, {}, sums), record_from_density(density, {})
+    assert with_sums["electrons"] == summed_here["electrons"]
+    assert with_sums["electrons_diff"] == summed_here["electrons_diff"]
+
+
+def test_a_checked_density_skips_only_the_finiteness_pass():
+    structure = Structure(Lattice.cubic(3.0), ["Li"], [[0, 0, 0]])
+    grid = np.ones((4, 4, 4))
+    grid[1, 2, 3] = np.nan
+    with pytest.raises(DensityError, match="non-finite"):
+        Density(structure=structure, total=grid)
+    assert Density(structure=structure, total=grid, checked=True).total is grid  # the caller vouched for it
+    with pytest.raises(DensityError, match="non-finite"):  # a converted copy is checked whatever the caller says
+        Density(structure=structure, total=grid.astype(np.float32), checked=True)
+
+
 def test_nelect_mismatch_names_both_numbers(shared):
     path = shared / FIXTURES["Li_nospin"]
     with pytest.raises(DensityError) as err:
