@@ -214,13 +214,14 @@ def _load(item: HarvestItem, threads: int = 1) -> dict[str, Any]:
 
     ``threads`` read each large grid in pieces at once.
     """
-    from dftflow.density.chgcar import read_chgcar_and_sums
+    from dftflow.density.chgcar import read_chgcar
 
     meta = dict(item.meta)
     if item.outcar:
         meta = {**outcar_meta(Path(item.outcar)), **meta}
     # Fortran order as the file has it: the store's chunk shuffler reads either order, so nothing is transposed
-    density, sums = read_chgcar_and_sums(item.chgcar, nelect=meta.get("nelect"), c_order=False, threads=threads)
+    sums: list[float] = []  # each block's sum, from the reader's finiteness check
+    density = read_chgcar(item.chgcar, nelect=meta.get("nelect"), c_order=False, threads=threads, sums=sums)
     if item.outcar:
         check_against_outcar(density, item, meta)
     record = record_from_density(density, meta, sums)
@@ -299,7 +300,7 @@ def rho32(grid: np.ndarray, volume: float) -> np.ndarray:
 def record_from_density(density: Any, meta: dict[str, Any], sums: list[float] | None = None) -> dict[str, Any]:
     """The store's record: rho in e/Å³ (float32, as stored), float64 electron counts, structure, metadata.
 
-    ``sums``: the blocks' sums from the reader (:func:`~dftflow.density.chgcar.read_chgcar_and_sums`), the
+    ``sums``: the blocks' sums from the reader (``read_chgcar(..., sums=[])``), the
     same numbers as summing the grids here, which saves a pass over each.
     """
     volume = density.structure.volume

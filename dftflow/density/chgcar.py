@@ -46,7 +46,7 @@ from dftflow.density._reader import Reader, read_bytes
 from dftflow.density.model import BLOCK_KEYS, Density
 from dftflow.errors import DensityError
 
-__all__ = ["read_chgcar", "read_chgcar_and_sums", "write_chgcar"]
+__all__ = ["read_chgcar", "write_chgcar"]
 
 
 def read_chgcar(
@@ -57,6 +57,7 @@ def read_chgcar(
     species: Sequence[str] | None = None,
     c_order: bool = True,
     threads: int = 1,
+    sums: list[float] | None = None,
 ) -> Density:
     """Read a CHGCAR-format file (plain, gzip, bzip2 or xz, recognised by content).
 
@@ -78,6 +79,10 @@ def read_chgcar(
         values and their indexing ``grid[x, y, z]`` are the same either way.
     threads
         Read each large grid on this many threads (needs dftflow's compiled reader).
+    sums
+        A list that receives the sum of each data block in file order (``np.sum`` of its
+        values as the file lists them), from the pass that checked them: ``sums[0]`` over
+        the grid size is the number of electrons without another pass (the harvest's use).
 
     Returns
     -------
@@ -90,22 +95,6 @@ def read_chgcar(
         The file is missing, cut short, garbled, inconsistent, or its electron count
         is not ``nelect``.
     """
-    return read_chgcar_and_sums(path, nelect=nelect, nelect_tol=nelect_tol, species=species, c_order=c_order,
-                                threads=threads)[0]
-
-
-def read_chgcar_and_sums(
-    path: str | os.PathLike,
-    *,
-    nelect: float | None = None,
-    nelect_tol: float = 1e-2,
-    species: Sequence[str] | None = None,
-    c_order: bool = True,
-    threads: int = 1,
-) -> tuple[Density, list[float]]:
-    """:func:`read_chgcar`, and the sum of each data block in file order (``np.sum`` of its
-    values as the file lists them), from the pass that checked them: ``sums[0] / grid size``
-    is the number of electrons without another pass over the grid."""
     reader = Reader(read_bytes(path), str(path), c_order=c_order, threads=threads)
     structure = reader.header(species)
     blocks, augmentation, moments = reader.body(len(structure))
@@ -126,7 +115,9 @@ def read_chgcar_and_sums(
             f"{path}: the density integrates to {electrons:.6f} electrons, "
             f"expected NELECT = {nelect:g} (tolerance {nelect_tol:g})"
         )
-    return density, reader.sums
+    if sums is not None:
+        sums[:] = reader.sums
+    return density
 
 
 def write_chgcar(density: Density, path: str | os.PathLike) -> None:

@@ -136,11 +136,10 @@ def test_electron_counts_of_the_fixtures(shared):
 def test_block_sums_are_the_grids_sums_from_the_checking_pass(shared, name):
     # The harvest takes its electron counts from the sums the reader made while checking each block;
     # in the file's order they are np.sum of the grids bit for bit, so the counts stored do not change.
-    from dftflow.density.chgcar import read_chgcar_and_sums
-
-    density, sums = read_chgcar_and_sums(shared / FIXTURES[name], c_order=False)
+    sums, c_sums = [], []
+    density = read_chgcar(shared / FIXTURES[name], c_order=False, sums=sums)
     assert sums == [float(np.sum(block)) for block in density.blocks()]
-    c_density, c_sums = read_chgcar_and_sums(shared / FIXTURES[name])  # C order: the same sums, as read
+    c_density = read_chgcar(shared / FIXTURES[name], sums=c_sums)  # C order: the same sums, as read
     assert c_sums == sums and c_density.electrons() == pytest.approx(sums[0] / density.total.size, rel=1e-14)
     from dftflow.dataset.harvest import record_from_density
 
