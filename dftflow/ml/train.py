@@ -220,10 +220,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         scheduler.step()
         state.step += 1
         value = float(loss.detach())
-        if world > 1:
-            t = torch.tensor([value])
+        if world > 1:  # one reduction for the mean loss and the time limit: every process stops after the same
+            t = torch.tensor([value, float(out_of_time)])  # step, or the others would wait for it forever
             torch.distributed.all_reduce(t)
-            value = float(t) / world
+            value, out_of_time = float(t[0]) / world, bool(t[1] > 0)
         row = {"step": state.step, "loss": value, "lr": scheduler.get_last_lr()[0]}
         last_step = state.step == cfg.optim.max_steps or out_of_time
         if state.step % cfg.optim.val_every == 0 or last_step:

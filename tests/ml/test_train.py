@@ -99,6 +99,28 @@ def test_two_process_ddp_equals_one_process(shared: Path, tmp_path: Path) -> Non
         torch.testing.assert_close(runs[2][key], value, rtol=1e-9, atol=1e-12)
 
 
+def test_two_processes_stop_together_at_the_time_limit(shared: Path, tmp_path: Path) -> None:
+    """Only rank 0 validates, so the ranks reach each step's time check at different moments; a rank that
+    stopped alone would leave the other waiting in its next gradient reduction for ever."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    si_and_li(shared, tmp_path)
+    cfg = config(tmp_path / "ds", tmp_path / "out", 100000, val_every=1, max_seconds=4.0).model_dump()
+    cfg["data"].update(train_ids=["src|Li", "src|Si"], val_ids=["src|Li", "src|Si"], batch_size=2, val_probes=0)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "dftflow", "train", str(path), "--json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["stopped_by_time"] and 1 < summary["steps"] < 100000
+    assert len(losses(tmp_path / "out")) == summary["steps"]
+
+
 def test_validation_on_elements_training_never_saw_is_flagged(shared: Path, tmp_path: Path) -> None:
     si_and_li(shared, tmp_path)
     cfg = config(tmp_path / "ds", tmp_path / "out", 2, val_every=2)
