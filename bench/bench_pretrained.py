@@ -17,9 +17,12 @@ the ``ml-true-occ`` and oracle ratios, the end-to-end ratio (ml arm plus
 inference, over the default arm's wall time) and inference time in units of
 one SCF iteration, and writes everything to ``--json``.
 
-``--curve M1 M2 ...`` adds the ``ml`` ratio of other checkpoints (e.g. the same
+``--curve M1 M2 ...`` adds the ``ml@1`` ratio of other checkpoints (e.g. the same
 model trained on fewer materials) on the generated kind: the curve of ratio
-against training-set size.
+against training-set size. The curve's materials are the generated ones whose
+reduced formula none of the compared models trained on (each checkpoint's
+training materials are read from its config: its explicit ``train_ids`` or its
+split), so models trained on other splits of the same build compare fairly.
 
 Usage::
 
@@ -55,6 +58,31 @@ def training_formulas(dataset: Path, split: Path, task: str) -> tuple[set[str], 
                 {int(z) for m in train for z in ds.header(m)["numbers"]})
     finally:
         ds.close()
+
+
+def model_training_formulas(checkpoint: Path | str, datasets: list[Path]) -> set[str]:
+    """Reduced formulas of a checkpoint's training materials, their uids looked up in ``datasets`` in turn."""
+    from dftflow.dataset.split import load_split, task_sets
+    from dftflow.dataset.store import Dataset
+    from dftflow.ml.train import load_checkpoint
+
+    data = load_checkpoint(checkpoint)["config"]["data"]
+    todo = {u.split("@")[0] for u in (data.get("train_ids")
+                                      or task_sets(load_split(data["split"]), data.get("task", "pbe-id"))["train"])}
+    formulas: set[str] = set()
+    for path in datasets:  # by structure (the uid before "@functional"): a new U table may move PBE to PBE+U
+        ds = Dataset(path)
+        try:
+            for uid in ds.ids():
+                if uid.split("@")[0] in todo:
+                    todo.discard(uid.split("@")[0])
+                    formulas.add(ds.header(uid)["formula"])
+        finally:
+            ds.close()
+    if todo:
+        raise SystemExit(f"{checkpoint}: {len(todo)} training materials are in none of {[str(d) for d in datasets]} "
+                         f"(e.g. {min(todo)}); add the dataset they were harvested into (--curve-datasets)")
+    return formulas
 
 
 def generated(dataset: Path, split: Path, task: str, seen: set[str], limit: int) -> list[tuple[str, Any]]:
@@ -119,6 +147,8 @@ def main() -> None:
     ap.add_argument("--max-atoms", type=int, default=8)
     ap.add_argument("--curve", nargs="*", default=[], help="other checkpoints for the size curve (ml arm only)")
     ap.add_argument("--curve-n", type=int, default=10, help="generated materials of the curve (the first ones)")
+    ap.add_argument("--curve-datasets", type=Path, nargs="*", default=[],
+                    help="older datasets that hold the curve models' training materials (after --dataset)")
     ap.add_argument("--out", type=Path, default=Path("bench-pretrained"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
@@ -149,8 +179,15 @@ def main() -> None:
                                                                           "ratio_ml", "ratio_ml@1", "ratio_ml_true_occ",
                                                                           "ratio_oracle", "fallback")}
                                                    for r in report["materials"]]}
+    curve_set: list[tuple[str, Any]] = []
+    if args.curve:
+        seen_any = set().union(*(model_training_formulas(m, [args.dataset, *args.curve_datasets]) for m in args.curve))
+        curve_set = [(u, s) for u, s in kinds["generated"] if s.composition.reduced_formula not in seen_any]
+        curve_set = curve_set[:args.curve_n]
+        print(f"curve: {len(curve_set)} generated materials that none of the {len(args.curve) + 1} models saw",
+              flush=True)
     for i, other in enumerate(args.curve):
-        report = accel_eval(args.out / f"curve-{i}", kinds["generated"][:args.curve_n], model=Path(other),
+        report = accel_eval(args.out / f"curve-{i}", curve_set, model=Path(other),
                             arms=("default", "ml@1"), overrides=OVERRIDES, nfixed=3, workers=args.workers)
         ratios = [r["ratio_ml@1"] for r in report["materials"] if r.get("ratio_ml@1") is not None]
         results.setdefault("curve", []).append({"model": other, "materials": len(ratios),
@@ -158,7 +195,7 @@ def main() -> None:
                                                 "ml@1": {"mean": statistics.fmean(ratios),
                                                          "std": statistics.pstdev(ratios)} if ratios else None})
     if args.curve and "generated" in results["kinds"]:  # the main model on the curve's materials
-        first = {u for u, _ in kinds["generated"][:args.curve_n]}
+        first = {u for u, _ in curve_set}
         ratios = [r["ratio_ml@1"] for r in results["kinds"]["generated"]["per_material"]
                   if r["uid"] in first and r.get("ratio_ml@1") is not None]
         results["curve"].append({"model": str(model), "train_materials": load_checkpoint(model).get("train_materials"),
