@@ -191,7 +191,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
             extra = {**extra, "saed": saed}
     ddp_model: torch.nn.Module = model
     if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+        # a structure with no neighbour within the cutoff (an unrelaxed cell with wide bonds) leaves a layer out of
+        # its process's graph; DDP must then reduce a zero gradient for it, not wait for one that never comes
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     if cfg.data.batch_size % world:
         raise ConfigError(f"data.batch_size {cfg.data.batch_size} is not divisible by {world} processes")
     sampler = StepSampler(len(train_set), cfg.data.batch_size, cfg.seed)

@@ -71,7 +71,10 @@ def test_overfits_a_real_density_below_one_percent(si_dataset: Path, tmp_path: P
     assert (tmp_path / "fit" / "checkpoint_best.pt").exists()
 
 
-def test_two_process_ddp_equals_one_process(shared: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cutoff", [None, 2.5])
+def test_two_process_ddp_equals_one_process(shared: Path, tmp_path: Path, cutoff: float | None) -> None:
+    """With a 2.5 Å cutoff bcc Li (3.0 Å bonds) has no atom edges, Si (2.35 Å) has: a process whose structures
+    have none leaves part of the network out of its graph, and the processes must still reduce alike."""
     import json
     import subprocess
     import sys
@@ -85,6 +88,8 @@ def test_two_process_ddp_equals_one_process(shared: Path, tmp_path: Path) -> Non
         cfg = config(tmp_path / "ds", tmp_path / f"out{procs}", 4).model_dump()
         cfg["data"].update(train_ids=["src|Li", "src|Si"], val_ids=None, batch_size=2)
         cfg["dtype"] = "float64"
+        if cutoff is not None:
+            cfg["model"]["cutoff"] = cutoff
         path = tmp_path / f"cfg{procs}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
