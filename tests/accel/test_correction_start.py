@@ -126,6 +126,32 @@ def test_an_unseen_element_falls_back_to_the_default_start_with_the_reason(datas
     assert steps["ml"] == steps["default"]
 
 
+def test_a_correction_that_moves_implausibly_many_electrons_falls_back_with_the_reason(dataset: Path,
+                                                                                        tmp_path: Path) -> None:
+    """A model far outside its data (here: its readout blown up 10⁴-fold) must not wreck the start: the
+    prediction records the fraction of valence electrons it moves and the ml arm gets the default start."""
+    checkpoint, _ = correction_model(dataset, tmp_path / "fit", 20)
+    ckpt = torch.load(checkpoint, weights_only=False)
+    for key in ckpt["model"]:
+        if key.startswith("readout."):
+            ckpt["model"][key] = ckpt["model"][key] * 1e4
+    torch.save(ckpt, tmp_path / "wild.pt")
+    for name, model in (("sane", checkpoint), ("wild", tmp_path / "wild.pt")):
+        report = accel_eval(tmp_path / name, [("Si", primitive("Si"))], model=model, arms=("default", "ml"),
+                            overrides=OVERRIDES, nfixed=3, figures=False)
+        predict = json.loads(next((tmp_path / name / "calcs" / "Si").glob("*predict*/result.json")).read_text())
+        [row] = report["materials"]
+        delta = np.load(predict["delta"])
+        moved = np.abs(delta).sum() * primitive("Si").volume / delta.size / 8  # 8 valence electrons
+        assert predict["moved_fraction"] == pytest.approx(moved, rel=1e-6, abs=1e-6)
+        if name == "sane":
+            assert moved < 0.5 and row.get("fallback") is None
+        else:
+            assert moved > 0.5 and "valence electrons" in row["fallback"]
+            steps = steps_of(report)
+            assert steps["ml"] == steps["default"] and row["energy_diff_ml"] < 1e-9
+
+
 def test_calibration_writes_the_chosen_factor_that_accel_eval_then_uses(dataset: Path, tmp_path: Path) -> None:
     from dftflow.accel.calibrate import calibrate, choose_scale, write_scale
 
