@@ -183,7 +183,7 @@ def model_details(name_or_path: str | Path) -> dict[str, Any]:
 
 def _default_card(ckpt: dict[str, Any], name: str, engine: str | None, *, need_engine: bool = True
                   ) -> dict[str, Any]:
-    """The card fields a checkpoint knows itself: target, elements, data counts, best validation ε_mae."""
+    """The card fields a checkpoint knows itself: target, elements, data counts, its validation ε_mae."""
     from pymatgen.core import Element
 
     target = ckpt.get("target", "total")
@@ -192,13 +192,21 @@ def _default_card(ckpt: dict[str, Any], name: str, engine: str | None, *, need_e
         raise InputError(f"{name}: give engine= (gpaw or vasp): the checkpoint does not say which code it learnt")
     state = ckpt.get("state") or {}
     best = state.get("best_val")
+    # the validation of these weights (their step's row), not the best one of the run: a run's last checkpoint
+    # is often not its best; without a row of its own step the card names the run's best as such
+    own = next((row["val_eps_mae"] for row in reversed(state.get("history") or [])
+                if row.get("step") == state.get("step") and row.get("val_eps_mae") is not None), None)
+    if own is not None and math.isfinite(own):
+        metrics = {"val_eps_mae": float(own)}
+    else:
+        metrics = {"run_best_val_eps_mae": float(best)} if best is not None and math.isfinite(best) else {}
     numbers = ckpt.get("train_numbers") or []
     return {
         "name": name, "target": target, "engine": engine,
         "settings": {"inputset": DEFAULT_INPUTSET.get(engine, ""), "overrides": {}},
         "elements": [Element.from_Z(int(z)).symbol for z in numbers],
         "training": {"materials": ckpt.get("train_materials"), "steps": state.get("step")},
-        "metrics": {"val_eps_mae": float(best)} if best is not None and math.isfinite(best) else {},
+        "metrics": metrics,
     }
 
 

@@ -48,7 +48,7 @@ def make_checkpoint(path: Path, *, readout_sign: float = 1.0, target: str = "tot
     model(_probe_batch(model)).sum().backward()
     optimizer.step()  # a real optimizer state (Adam moments) to strip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    state = TrainState(step=7, best_val=0.25, history=[{"step": 7, "loss": 1.0}])
+    state = TrainState(step=7, best_val=0.25, history=[{"step": 7, "loss": 1.0, "val_eps_mae": 0.25}])
     extra = {"saed": None, "target": target, "train_numbers": [14], "train_materials": 3}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, model, optimizer, scheduler, state, cfg, extra)
@@ -94,6 +94,21 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 def write_structure(path: Path, structure: Structure) -> Path:
     structure.to(filename=str(path))
     return path
+
+
+def test_the_card_reports_the_validation_of_the_weights_it_ships(trained: Path, tmp_path: Path) -> None:
+    """A run's last checkpoint is often not its best: its card carries its own step's validation; one
+    saved at a step without validation names the run's best as such, not as its own."""
+    ckpt = torch.load(trained, weights_only=False)
+    ckpt["state"]["history"] = [{"step": 5, "loss": 1.0, "val_eps_mae": 0.25}, {"step": 7, "loss": 0.9,
+                                                                                "val_eps_mae": 0.6}]
+    torch.save(ckpt, tmp_path / "last.pt")
+    assert registry.strip_checkpoint(tmp_path / "last.pt", tmp_path / "a.pt", engine="gpaw")["metrics"] == {
+        "val_eps_mae": 0.6}
+    ckpt["state"]["history"] = [{"step": 5, "loss": 1.0, "val_eps_mae": 0.25}, {"step": 7, "loss": 0.9}]
+    torch.save(ckpt, tmp_path / "periodic.pt")
+    assert registry.strip_checkpoint(tmp_path / "periodic.pt", tmp_path / "b.pt", engine="gpaw")["metrics"] == {
+        "run_best_val_eps_mae": 0.25}
 
 
 def test_strip_checkpoint_drops_training_state_and_predicts_the_same(trained: Path, tmp_path: Path) -> None:

@@ -68,7 +68,9 @@ def test_overfits_a_real_density_below_one_percent(si_dataset: Path, tmp_path: P
     # the fitted atomic densities alone are a rough start (about 12 %); the model takes it below 1 %
     assert 0.05 < summary["saed_fit_eps_mae"] < 0.2
     assert summary["best_val_eps_mae"] < 0.009, [(r["step"], r["val_eps_mae"]) for r in rows]
-    assert (tmp_path / "fit" / "checkpoint_best.pt").exists()
+    best = load_checkpoint(tmp_path / "fit" / "checkpoint_best.pt")["state"]
+    assert best["history"][-1]["step"] == best["step"]  # it holds its own validation (for its card)
+    assert best["history"][-1]["val_eps_mae"] == best["best_val"] == summary["best_val_eps_mae"]
 
 
 @pytest.mark.parametrize("cutoff", [None, 2.5])
