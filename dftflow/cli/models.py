@@ -138,7 +138,7 @@ def _bundle(checkpoint: Any, name: str, calibration: dict[str, Any], subset: str
         settings={"inputset": calibration["inputset"], "overrides": calibration["overrides"]},
         training={"dataset": "workflows/pretrain-gpaw.yaml"}, metrics=metrics,
         rebuild="dftflow build-dataset pretrain-gpaw && dftflow models calibrate "
-                "pretrain-project/model/checkpoint_best.pt --dataset pretrain-project/dataset "
+                "pretrain-project/model/checkpoint_last.pt --dataset pretrain-project/dataset "
                 f"--split pretrain-project/split.json --subset {subset} --limit {calibration['materials']} "
                 f"--scales {','.join(format(row['scale'], 'g') for row in calibration['table'])} "
                 + "".join(f"--set {k}={v} " for k, v in calibration["overrides"].items()) + f"--bundle {name}")

@@ -114,7 +114,7 @@ def test_recipe_builds_to_dedup(tmp_path: Path) -> None:
     from dftflow.screening import stages as st
 
     recipe = load_recipe("pretrain-gpaw")
-    assert recipe.sources[0].type == "prototypes" and recipe.dft is not None and recipe.dft.limit == 2000
+    assert recipe.sources[0].type == "prototypes" and recipe.dft is not None and recipe.dft.limit == 1659
     data = yaml.safe_load(Path(recipe.base_dir / "pretrain-gpaw.yaml").read_text())
     data["sources"][0]["generate"].update(limit=40, elements=ELEMENTS)
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(data))
