@@ -74,8 +74,9 @@ def model_training_formulas(checkpoint: Path | str, datasets: list[Path]) -> set
         ds = Dataset(path)
         try:
             for uid in ds.ids():
-                if uid.split("@")[0] in todo:
-                    todo.discard(uid.split("@")[0])
+                structure = uid.split("@")[0]
+                if structure in todo:
+                    todo.discard(structure)
                     formulas.add(ds.header(uid)["formula"])
         finally:
             ds.close()

@@ -234,12 +234,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
             t_last, s_last = now, state.step
             if rank == 0 and len(val_set):
                 row["val_eps_mae"] = validate(model, val_set, cfg, dtype, saed)
-                if row["val_eps_mae"] < state.best_val:
-                    state.best_val = row["val_eps_mae"]
-                    state.history.append(row)  # the best checkpoint holds its own validation
-                    save_checkpoint(out / "checkpoint_best.pt", model, optimizer, scheduler, state, cfg, extra)
-        if not state.history or state.history[-1] is not row:
-            state.history.append(row)
+        state.history.append(row)  # before the best checkpoint is written: it holds its own validation
+        if row.get("val_eps_mae", math.inf) < state.best_val:  # (only rank 0 validates)
+            state.best_val = row["val_eps_mae"]
+            save_checkpoint(out / "checkpoint_best.pt", model, optimizer, scheduler, state, cfg, extra)
         if rank == 0:
             _log(log_path, row)
             if state.step % cfg.optim.checkpoint_every == 0 or last_step:
